@@ -1,0 +1,283 @@
+"""The four commands. Each one parses, validates into a config, builds, runs, maps to a status."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from .config import (
+    DEFAULT_ADDRESS,
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LEASE_TIMEOUT_S,
+    DEFAULT_MASTER_TIMEOUT_S,
+    DEFAULT_MAX_DEATHS,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_STOP_WAIT_S,
+    MasterConfig,
+    SlaveConfig,
+    Target,
+    parse_kwargs,
+)
+from .errors import EXIT_FAILED, EXIT_OK, ConfigError, TaskmasterError, UserCodeError
+
+log = logging.getLogger("taskmaster")
+
+SLAVE_EXIT_GRACE_S = 5.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _option(*decls: str, **kwargs: Any) -> Callable[[Any], Any]:
+    """A click option that also reads TASKMASTER_<NAME> from the environment."""
+    name = max(decls, key=len).lstrip("-").split("/")[0].upper().replace("-", "_")
+    kwargs.setdefault("envvar", f"TASKMASTER_{name}")
+    kwargs.setdefault("show_default", True)
+    return click.option(*decls, **kwargs)
+
+
+def _common(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        _option("--log-level", default="INFO",
+                type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)),
+        _option("--no-progress", is_flag=True, help="No progress bar or progress log lines."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _address(default: str | None = DEFAULT_ADDRESS) -> Callable[[Any], Any]:
+    return _option("--address", default=default,
+                   help="ZeroMQ endpoint, tcp://HOST:PORT." if default else
+                   "ZeroMQ endpoint (default: a free local port).")
+
+
+def _slave_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        _option("--concurrency", "-c", type=int, default=DEFAULT_CONCURRENCY,
+                help="Greenlets calling handle_job in each slave."),
+        _option("--master-timeout", type=float, default=DEFAULT_MASTER_TIMEOUT_S,
+                help="Seconds without a master before a slave gives up."),
+        _option("--job-timeout", type=float, default=None,
+                help="Seconds one handle_job call may take (counts as a failed attempt)."),
+        _option("--no-monkey-patch", is_flag=True,
+                help="Do not let gevent patch the standard library in slaves."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _master_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        _option("--size", type=int, default=DEFAULT_BUFFER_SIZE, help="Jobs buffered in memory."),
+        _option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                help="Checkpoint file (default: named from target and arguments, in .)."),
+        _option("--failures-file", type=click.Path(dir_okay=False, path_type=Path),
+                default=None, help="Failed-job records (default: beside the state file)."),
+        _option("--reset", is_flag=True, help="Forget the saved state and start over."),
+        _option("--lease-timeout", type=float, default=DEFAULT_LEASE_TIMEOUT_S,
+                help="Seconds of silence before a slave's jobs go to others."),
+        _option("--max-retries", type=int, default=DEFAULT_MAX_RETRIES,
+                help="Retries of a job whose handle_job raised."),
+        _option("--max-deaths", type=int, default=DEFAULT_MAX_DEATHS,
+                help="Slave deaths a job may cause before it is recorded as failed."),
+        _option("--stop-wait", type=float, default=DEFAULT_STOP_WAIT_S,
+                help="On SIGINT/SIGTERM, seconds to wait for leased jobs."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+
+
+def _green(monkey_patch: bool = True) -> None:
+    """Switch gevent on: the one place it happens, before any user code is imported."""
+    if monkey_patch:
+        from gevent import monkey
+
+        monkey.patch_all()
+
+
+def _execute(name: str, body: Callable[[], int]) -> NoReturn:
+    """Run a command body and exit with its status; our errors become one clear line."""
+    try:
+        code = body()
+    except UserCodeError as e:
+        click.echo(f"{name}: {e}\n{e.user_traceback.rstrip()}", err=True)
+        code = EXIT_FAILED
+    except TaskmasterError as e:
+        log.debug("details", exc_info=True)
+        click.echo(f"{name}: error: {e}", err=True)
+        code = e.exit_code
+    sys.exit(code)
+
+
+def _load(spec: str, default_func: str) -> Callable[..., Any]:
+    target = Target.parse(spec, default_func)
+    try:
+        return target.load()
+    except TaskmasterError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's module itself failed to import
+        raise UserCodeError(f"importing target {spec!r} raised {type(e).__name__}: {e}",
+                            traceback.format_exc()) from None
+
+
+def _master_config(target: str, pairs: tuple[str, ...], address: str, opts: dict[str, Any],
+                   no_progress: bool) -> MasterConfig:
+    return MasterConfig(
+        target=Target.parse(target, "get_jobs"), kwargs=parse_kwargs(pairs), address=address,
+        size=opts["size"], state_path=opts["state_file"], failures_path=opts["failures_file"],
+        reset=opts["reset"], lease_timeout_s=opts["lease_timeout"],
+        max_retries=opts["max_retries"], max_deaths=opts["max_deaths"],
+        stop_wait_s=opts["stop_wait"], progress=not no_progress)
+
+
+def _slave_config(target: str, address: str, opts: dict[str, Any],
+                  no_progress: bool) -> SlaveConfig:
+    return SlaveConfig(
+        target=Target.parse(target, "handle_job"), address=address,
+        concurrency=opts["concurrency"], master_timeout_s=opts["master_timeout"],
+        job_timeout_s=opts["job_timeout"], progress=not no_progress)
+
+
+def _slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str) -> list[str]:
+    from .spawn import slave_command
+
+    argv = ["--address", address, "--concurrency", str(opts["concurrency"]),
+            "--master-timeout", str(opts["master_timeout"]), "--log-level", log_level,
+            "--no-progress"]
+    if opts["job_timeout"] is not None:
+        argv += ["--job-timeout", str(opts["job_timeout"])]
+    if opts["no_monkey_patch"]:
+        argv.append("--no-monkey-patch")
+    return slave_command(target, argv)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("target")
+@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")
+@_address()
+@_master_options
+@_common
+def master(target: str, pairs: tuple[str, ...], address: str, log_level: str,
+           no_progress: bool, **opts: Any) -> None:
+    """Serve the jobs of TARGET's get_jobs (module, module:func or path/file.py[:func])."""
+    _setup_logging(log_level)
+
+    def body() -> int:
+        cfg = _master_config(target, pairs, address, opts, no_progress)
+        _green()
+        from .master import Master
+
+        return Master(cfg, _load(target, "get_jobs")).run()
+
+    _execute("tm-master", body)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("target")
+@_address()
+@_slave_options
+@_common
+def slave(target: str, address: str, log_level: str, no_progress: bool, **opts: Any) -> None:
+    """Run TARGET's handle_job on jobs from the master, in a pool of greenlets."""
+    _setup_logging(log_level)
+
+    def body() -> int:
+        cfg = _slave_config(target, address, opts, no_progress)
+        _green(not opts["no_monkey_patch"])
+        from .slave import Slave
+
+        return Slave(cfg, _load(target, "handle_job")).run()
+
+    _execute("tm-slave", body)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("target")
+@click.argument("n", type=click.IntRange(min=1))
+@_address()
+@_slave_options
+@_common
+def spawn(target: str, n: int, address: str, log_level: str, no_progress: bool,
+          **opts: Any) -> None:
+    """Run N supervised local slaves of TARGET."""
+    _setup_logging(log_level)
+
+    def body() -> int:
+        # The target itself is loaded (and checked) by each slave.
+        _slave_config(target, address, opts, no_progress)
+        _green()
+        from .spawn import Supervisor
+
+        sup = Supervisor(_slave_argv(target, address, opts, log_level), n)
+        _forward_signals(sup)
+        return sup.wait()
+
+    _execute("tm-spawn", body)
+
+
+def _forward_signals(sup: Any) -> None:
+    import signal
+
+    import gevent
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(s, sup.signal, s)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("script")
+@click.argument("n", type=click.IntRange(min=1))
+@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")
+@_option("--address", default=None, envvar=None,
+         help="ZeroMQ endpoint (default: a free local port).")
+@_master_options
+@_slave_options
+@_common
+def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_level: str,
+        no_progress: bool, **opts: Any) -> None:
+    """Run SCRIPT's get_jobs and handle_job with N local slaves; exit when the run is done."""
+    _setup_logging(log_level)
+
+    def body() -> int:
+        if Target.parse(script, "get_jobs").func != "get_jobs" or ":" in Path(script).name:
+            raise ConfigError(f"tm-run takes a module or file with both get_jobs and handle_job, "
+                        f"not a function: {script!r}")
+        cfg = _master_config(script, pairs, address or "tcp://127.0.0.1:*", opts, no_progress)
+        _slave_config(script, cfg.address, opts, no_progress)
+        _green()
+        from .master import Master
+        from .spawn import Supervisor
+
+        supervisors: list[Supervisor] = []
+
+        def start_slaves(bound: str) -> None:
+            supervisors.append(Supervisor(_slave_argv(script, bound, opts, log_level), n))
+
+        code = Master(cfg, _load(script, "get_jobs"), on_bound=start_slaves).run()
+        for sup in supervisors:
+            # After a complete run the slaves have been told so and leave by themselves.
+            sup.stop(grace_s=SLAVE_EXIT_GRACE_S if code in (EXIT_OK, EXIT_FAILED) else 0)
+        return code
+
+    _execute("tm-run", body)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Taskmaster: python -m taskmaster {master,slave,spawn,run} ..."""
+
+
+main.add_command(master)
+main.add_command(slave)
+main.add_command(spawn)
+main.add_command(run)

@@ -1,0 +1,246 @@
+"""Pure bookkeeping of a run: sequence numbers, the buffer, leases, retries, the resume point.
+
+No I/O and no clocks of its own (callers pass ``now``), so every rule here is tested without
+sockets. The unit of work in flight is a `Batch`: a run of consecutive jobs leased to one slave
+and acknowledged as a whole. Work never needs per-job bookkeeping on the fast path, which is
+what lets one master feed many slaves.
+
+The resume point is the earliest job not known to be finished: the smallest sequence number
+among buffered, leased, retrying and handed-back jobs, or the next job the stream will yield
+(held back as the *peek* so that its value is known even when everything else is done).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import MAX_BATCH_JOBS, RETRY_BACKOFF_BASE_S, RETRY_BACKOFF_MAX_S
+
+
+@dataclass(slots=True)
+class Batch:
+    """Consecutive jobs ``start, start+1, ...`` handed out and acknowledged together."""
+
+    bid: int
+    start: int
+    jobs: list[Any]
+    attempts: int = 0
+    """Failed attempts so far (retries travel alone, so this is per job)."""
+    deaths: int = 0
+    """Slaves that died holding this job (likewise alone once it has happened)."""
+    slave: bytes | None = None
+    not_before: float = 0.0
+    avoid: bytes | None = None
+
+    @property
+    def isolate(self) -> bool:
+        """Run alone on its slave, so that if the slave dies again we know whose fault it was."""
+        return self.deaths > 0
+
+
+@dataclass(slots=True)
+class Failure:
+    """A job that used up its attempts, to be recorded durably."""
+
+    seq: int
+    job: Any
+    attempts: int
+    slave: bytes | None
+    error: dict[str, str] = field(default_factory=dict)
+
+
+def backoff_s(attempts: int) -> float:
+    """Delay before retry number ``attempts``: doubling from the base, capped."""
+    return min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * 2 ** max(0, attempts - 1))
+
+
+class Ledger:
+    """Where every job of the run is, from the stream to finished."""
+
+    def __init__(self, size: int, *, first_seq: int = 0, max_retries: int = 3,
+                 max_deaths: int = 3, max_batch: int = MAX_BATCH_JOBS) -> None:
+        self.size = size
+        self.max_retries = max_retries
+        self.max_deaths = max_deaths
+        self.max_batch = max_batch
+        self.next_seq = first_seq
+        self.exhausted = False
+        self.finished = 0
+        self.failed = 0
+        self.retried = 0
+        self.redispatched = 0
+        self.stale_acks = 0
+        self._bids = itertools.count(1)
+        self._peek: list[Any] = []  # zero or one job: the next one the stream yields
+        self._buffer: deque[Batch] = deque()  # fresh jobs, in stream order
+        self.buffered = 0
+        self._ready: deque[Batch] = deque()  # handed back by a slave; served first
+        self._retrying: list[Batch] = []  # failed once or more, waiting for their backoff
+        self.leases: dict[int, Batch] = {}
+        self.leased = 0
+
+    # -- the stream side -------------------------------------------------------------------
+
+    def room(self) -> int:
+        """How many more jobs the buffer takes."""
+        return self.size - self.buffered
+
+    def feed(self, jobs: list[Any], exhausted: bool = False) -> None:
+        """Take jobs just pulled from the stream, in order; ``exhausted`` once it has ended.
+
+        The last job is held back as the peek until the next feed, so the resume point always
+        names a real job while the stream still has one.
+        """
+        if self._peek:
+            jobs = self._peek + jobs
+            self._peek = []
+        if jobs and not exhausted:
+            self._peek.append(jobs.pop())
+        if jobs:
+            self._buffer.append(Batch(0, self.next_seq, jobs))
+            self.next_seq += len(jobs)
+            self.buffered += len(jobs)
+        self.exhausted = exhausted
+
+    # -- the slave side --------------------------------------------------------------------
+
+    def take(self, slave: bytes, credit: int, now: float, *, alone: bool = False) -> list[Batch]:
+        """Lease up to ``credit`` jobs to ``slave``: retries that are due, then handed-back
+        jobs, then fresh ones. ``alone`` says no other slave could take a retry instead."""
+        out: list[Batch] = []
+        if self._retrying:
+            credit = self._take_retries(slave, credit, now, alone, out)
+        while credit > 0 and self._ready:
+            credit -= self._lease(self._ready.popleft(), slave, out)
+        while credit > 0 and self._buffer:
+            head = self._buffer[0]
+            n = min(credit, self.max_batch, len(head.jobs))
+            if n == len(head.jobs):
+                self._buffer.popleft()
+                jobs = head.jobs
+            else:
+                jobs = head.jobs[:n]
+                del head.jobs[:n]
+            batch = Batch(0, head.start, jobs)
+            head.start += n
+            self.buffered -= n
+            credit -= self._lease(batch, slave, out)
+        return out
+
+    def _take_retries(self, slave: bytes, credit: int, now: float, alone: bool,
+                      out: list[Batch]) -> int:
+        keep: list[Batch] = []
+        for batch in self._retrying:
+            if credit > 0 and batch.not_before <= now and (alone or batch.avoid != slave):
+                credit -= self._lease(batch, slave, out)
+            else:
+                keep.append(batch)
+        self._retrying = keep
+        return credit
+
+    def _lease(self, batch: Batch, slave: bytes, out: list[Batch]) -> int:
+        # A fresh id on every lease: an acknowledgement of an earlier lease of the same jobs
+        # (from a slave we gave up on) is then recognisably stale.
+        batch.bid = next(self._bids)
+        batch.slave = slave
+        self.leases[batch.bid] = batch
+        self.leased += len(batch.jobs)
+        out.append(batch)
+        return len(batch.jobs)
+
+    def ack(self, slave: bytes, bid: int, failures: list[tuple[int, dict[str, str]]],
+            now: float) -> list[Failure]:
+        """A slave finished a batch; ``failures`` are (index in batch, error) for jobs that
+        raised. Returns the failures that are now final, for the caller to record."""
+        batch = self.leases.get(bid)
+        if batch is None or batch.slave != slave:
+            self.stale_acks += 1
+            return []
+        del self.leases[bid]
+        self.leased -= len(batch.jobs)
+        self.finished += len(batch.jobs) - len(failures)
+        final: list[Failure] = []
+        for index, error in failures:
+            if not 0 <= index < len(batch.jobs):
+                continue
+            attempts = batch.attempts + 1
+            seq, job = batch.start + index, batch.jobs[index]
+            if attempts > self.max_retries:
+                self.failed += 1
+                final.append(Failure(seq, job, attempts, slave, error))
+            else:
+                self.retried += 1
+                self._retrying.append(Batch(0, seq, [job], attempts, batch.deaths,
+                                            not_before=now + backoff_s(attempts), avoid=slave))
+        return final
+
+    def hand_back(self, slave: bytes, bids: list[int]) -> None:
+        """A leaving slave returns batches it never started: they go out again first."""
+        for bid in bids:
+            batch = self.leases.get(bid)
+            if batch is not None and batch.slave == slave:
+                self._unlease(batch)
+                self._ready.append(batch)
+                self.redispatched += len(batch.jobs)
+
+    def lose(self, slave: bytes) -> list[Failure]:
+        """A slave died or went silent holding leases. Its jobs go out again one by one, each
+        charged with a death; a job charged ``max_deaths`` times is returned as failed."""
+        final: list[Failure] = []
+        for batch in [b for b in self.leases.values() if b.slave == slave]:
+            self._unlease(batch)
+            for i, job in enumerate(batch.jobs):
+                single = Batch(0, batch.start + i, [job], batch.attempts, batch.deaths + 1)
+                if single.deaths >= self.max_deaths:
+                    self.failed += 1
+                    final.append(Failure(single.start, job, single.attempts + 1, slave, {
+                        "type": "SlaveDied",
+                        "message": f"its slave died while running it ({single.deaths} times)",
+                        "traceback": "",
+                    }))
+                else:
+                    self._ready.append(single)
+                    self.redispatched += 1
+        return final
+
+    def _unlease(self, batch: Batch) -> None:
+        del self.leases[batch.bid]
+        self.leased -= len(batch.jobs)
+        batch.slave = None
+
+    # -- the checkpoint side ---------------------------------------------------------------
+
+    @property
+    def retrying(self) -> int:
+        return len(self._retrying)
+
+    @property
+    def pending(self) -> int:
+        """Jobs known to the ledger and not finished (the peek included)."""
+        ready = sum(len(b.jobs) for b in self._ready)
+        return self.buffered + self.leased + ready + len(self._retrying) + len(self._peek)
+
+    def has_work(self) -> bool:
+        """Something could be handed out right now or after a retry's backoff."""
+        return bool(self._buffer or self._ready or self._retrying)
+
+    def resume_point(self) -> tuple[int, Any] | None:
+        """(sequence number, job) of the earliest unfinished job; None once all are done."""
+        best: Batch | None = None
+        for batch in itertools.chain(self.leases.values(), self._ready, self._retrying,
+                                     itertools.islice(self._buffer, 1)):
+            if best is None or batch.start < best.start:
+                best = batch
+        if best is not None:
+            return best.start, best.jobs[0]
+        if self._peek:
+            return self.next_seq, self._peek[0]
+        return None
+
+    @property
+    def complete(self) -> bool:
+        """The stream ended and every job in it is finished (succeeded or recorded failed)."""
+        return self.exhausted and self.resume_point() is None

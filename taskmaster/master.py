@@ -1,0 +1,489 @@
+"""The master: stream -> buffer -> dispatch -> acknowledgements -> ledger -> checkpoint.
+
+Three greenlets share one `Ledger`: the feeder pulls jobs from the user's generator into the
+buffer, the server answers slaves (credit, acknowledgements, heartbeats) on the ROUTER socket,
+and the ticker expires silent slaves, pings live ones, checkpoints and reports progress. None of
+them blocks on another; they meet only in the ledger, which never does I/O.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import operator
+import os
+import pickle
+import signal
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import gevent.event
+
+from . import protocol as p
+from .config import (
+    CHECKPOINT_INTERVAL_S,
+    HEARTBEAT_INTERVAL_S,
+    MAX_MESSAGE_BYTES,
+    MasterConfig,
+)
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, ConfigError, UserCodeError
+from .ledger import Batch, Failure, Ledger
+from .progress import Progress, Snapshot
+from .state import Checkpoint, FailureLog, StateFile, safe_repr
+from .transport import MasterSocket
+
+log = logging.getLogger(__name__)
+
+FEED_CHUNK_JOBS = 2000
+"""Jobs pulled from the stream per turn of the feeder before it lets the server run."""
+TICK_S = 0.25
+DONE_LINGER_S = 1.0
+"""After the run, how long DONE messages get to reach the slaves before the socket closes."""
+DROP_LOG_INTERVAL_S = 10.0
+
+
+@dataclass
+class SlaveInfo:
+    """What the master knows of one connected slave."""
+
+    ident: bytes
+    host: str = "?"
+    pid: int = 0
+    concurrency: int = 0
+    credit: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    leaving: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+class _Guarded:
+    """Iterate the user's stream, turning an exception into a clean end plus a record of it.
+
+    `itertools.islice` over this keeps every job yielded before the exception.
+    """
+
+    def __init__(self, iterable: Any) -> None:
+        self.iterator: Iterator[Any] = iter(iterable)
+        self.error: UserCodeError | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self.iterator
+        except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
+            self.error = UserCodeError(
+                f"get_jobs raised {type(e).__name__}: {e}", traceback.format_exc())
+
+
+def open_stream(get_jobs: Callable[..., Any], kwargs: dict[str, str],
+                cp: Checkpoint | None) -> Any:
+    """Call ``get_jobs``, with ``last`` when resuming; bad KEY=VALUE names are a ConfigError."""
+    call_kwargs: dict[str, Any] = dict(kwargs)
+    if cp is not None and cp.has_resume:
+        call_kwargs["last"] = cp.resume_job
+    try:
+        inspect.signature(get_jobs).bind(**call_kwargs)
+    except TypeError as e:
+        raise ConfigError(f"get_jobs cannot take these arguments: {e}; "
+                          "check the KEY=VALUE pairs and get_jobs' parameters") from None
+    except ValueError:
+        pass  # no signature to check (a builtin); the call itself will tell
+    try:
+        return get_jobs(**call_kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise UserCodeError(f"get_jobs raised {type(e).__name__}: {e}",
+                            traceback.format_exc()) from None
+
+
+class Master:
+    """One run's master. `run()` returns the exit status."""
+
+    def __init__(self, cfg: MasterConfig, get_jobs: Callable[..., Any], *,
+                 key: bytes | None = None,
+                 on_bound: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.get_jobs = get_jobs
+        self.key = key
+        self.on_bound = on_bound
+        self.epoch = p.new_epoch()
+        self.slaves: dict[bytes, SlaveInfo] = {}
+        self._waiting: set[bytes] = set()  # slaves with credit left and nothing to give them
+        self._welcomes: dict[bytes, int] = {}  # session offered to a slave not yet READY
+        self._sessions = itertools.count(1)
+        self._counter = itertools.count(1)
+        self._room = gevent.event.Event()
+        self._finished = gevent.event.Event()
+        self._stop_signal: int | None = None
+        self._fatal: UserCodeError | None = None
+        self._base = Checkpoint()
+        self._last_saved: tuple[Any, ...] | None = None
+        self.dropped = 0
+        self._dropped_logged = 0.0
+        self.total: int | None = None
+        self.started = time.monotonic()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve the run to completion (or a stop); checkpoint; return the exit status."""
+        assert self.cfg.state_path is not None and self.cfg.failures_path is not None
+        with StateFile(self.cfg.state_path) as state:
+            if self.cfg.reset:
+                state.remove()
+                self.cfg.failures_path.unlink(missing_ok=True)
+            cp = state.load()
+            if cp is not None and cp.complete:
+                log.warning("run already complete (%d finished, %d failed), per %s; "
+                            "--reset starts it over", cp.finished, cp.failed, state.path)
+                return EXIT_OK
+            log.info("state file: %s%s", state.path,
+                     f" (resuming at job #{cp.resume_seq}: {safe_repr(cp.resume_job, 80)})"
+                     if cp and cp.has_resume else "")
+            self._base = cp or Checkpoint()
+            self._base.target, self._base.kwargs = self.cfg.target.spec, self.cfg.kwargs
+            stream = open_stream(self.get_jobs, self.cfg.kwargs, cp)
+            hint = operator.length_hint(stream, -1)
+            first = self._base.resume_seq if self._base.has_resume else 0
+            self.total = first + hint if hint >= 0 else None
+            self.ledger = Ledger(self.cfg.size, first_seq=first,
+                                 max_retries=self.cfg.max_retries, max_deaths=self.cfg.max_deaths)
+            self.failures = FailureLog(self.cfg.failures_path)
+            self.sock = MasterSocket(self.cfg.address, MAX_MESSAGE_BYTES)
+            try:
+                return self._serve(state, _Guarded(stream))
+            finally:
+                self.failures.close()
+                self.sock.close(DONE_LINGER_S)
+
+    def _serve(self, state: StateFile, stream: _Guarded) -> int:
+        log.info("master listening on %s", self.sock.address)
+        if self.on_bound:
+            self.on_bound(self.sock.address)
+        progress = Progress(self.snapshot, enabled=self.cfg.progress)
+        handlers = [gevent.signal_handler(s, self._on_signal, s)
+                    for s in (signal.SIGINT, signal.SIGTERM)]
+        greenlets = [gevent.spawn(self._feed, stream), gevent.spawn(self._receive),
+                     gevent.spawn(self._tick, state, progress)]
+        for g in greenlets:
+            g.link_exception(self._crashed)
+        try:
+            self._finished.wait()
+            if self._stop_signal is not None or self._fatal is not None:
+                self._drain()
+            self._checkpoint(state, force=True)
+        finally:
+            gevent.killall(greenlets)
+            for h in handlers:
+                h.cancel()
+            progress.close()
+        return self._outcome()
+
+    def _outcome(self) -> int:
+        failed = self._base.failed + self.ledger.failed
+        finished = self._base.finished + self.ledger.finished
+        if self._fatal is not None:
+            log.error("%s\n%s", self._fatal, self._fatal.user_traceback.rstrip())
+            log.error("run stopped; state saved: restart to resume")
+            return EXIT_FAILED
+        if self._stop_signal is not None:
+            log.warning("stopped by %s; state saved: restart to resume",
+                        signal.Signals(self._stop_signal).name)
+            return EXIT_SIGINT if self._stop_signal == signal.SIGINT else EXIT_SIGTERM
+        self._broadcast(p.DONE, (finished, failed))
+        elapsed = time.monotonic() - self.started
+        log.info("run complete: %d finished, %d failed in %.1fs", finished, failed, elapsed)
+        if failed:
+            log.error("%d jobs failed; see %s (rerun them with --retry-failures)",
+                      failed, self.cfg.failures_path)
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def _on_signal(self, signum: int) -> None:
+        if self._stop_signal is not None:
+            # Second signal: the state file already holds a safe resume point.
+            os._exit(EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
+        log.warning("%s: stopping; waiting up to %.0fs for leased jobs (again to exit now)",
+                    signal.Signals(signum).name, self.cfg.stop_wait_s)
+        self._stop_signal = signum
+        self._finished.set()
+
+    def _crashed(self, greenlet: gevent.Greenlet) -> None:
+        log.critical("internal error in %s", greenlet, exc_info=greenlet.exc_info)
+        self._fatal = UserCodeError(f"internal error: {greenlet.exception!r}", "")
+        self._finished.set()
+
+    def _drain(self) -> None:
+        """Stop handing out work and wait (bounded) for what slaves hold to come back."""
+        self._broadcast(p.STOP, None)
+        deadline = time.monotonic() + self.cfg.stop_wait_s
+        while self.ledger.leases and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        if self.ledger.leases:
+            log.warning("%d jobs still leased after %.0fs; they will run again on restart",
+                        self.ledger.leased, self.cfg.stop_wait_s)
+
+    @property
+    def stopping(self) -> bool:
+        return self._finished.is_set()
+
+    # -- the feeder ------------------------------------------------------------------------
+
+    def _feed(self, stream: _Guarded) -> None:
+        source = iter(stream)
+        while not self.stopping:
+            room = self.ledger.room()
+            if room <= 0:
+                self._room.clear()
+                self._room.wait()
+                continue
+            want = min(room, FEED_CHUNK_JOBS)
+            jobs = list(itertools.islice(source, want))
+            ended = len(jobs) < want
+            self.ledger.feed(jobs, exhausted=ended and stream.error is None)
+            self._serve_waiting()
+            if stream.error is not None:
+                self._fatal = stream.error
+                self._finished.set()
+                return
+            if ended:
+                log.debug("stream exhausted at job #%d", self.ledger.next_seq)
+                self._check_complete()
+                return
+            gevent.sleep(0)  # let the server answer slaves between chunks
+
+    # -- the server ------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        handlers = {p.READY: self._on_ready, p.ACK: self._on_ack, p.BYE: self._on_bye}
+        while True:
+            ident, frames = self.sock.recv()
+            try:
+                msg = p.unpack(frames, key=self.key, kinds=p.SLAVE_KINDS,
+                               max_bytes=MAX_MESSAGE_BYTES)
+            except p.ProtocolError as e:
+                self._drop(ident, str(e))
+                continue
+            now = time.monotonic()
+            if msg.kind == p.HEARTBEAT:
+                self._on_heartbeat(msg, now)
+                continue
+            slave = self.slaves.get(ident)
+            if msg.kind == p.READY and msg.epoch == self.epoch:
+                self._on_ready(ident, slave, msg, now)
+            elif slave is None or msg.epoch != self.epoch:
+                self._welcome(ident)
+            else:
+                slave.last_seen = now
+                try:
+                    handlers[msg.kind](ident, slave, msg, now)
+                except (TypeError, ValueError) as e:
+                    self._drop(ident, f"bad {msg.kind.decode()} body: {e}")
+
+    def _drop(self, ident: bytes, why: str) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_logged > DROP_LOG_INTERVAL_S:
+            self._dropped_logged = now
+            log.warning("dropped a message from %r: %s (%d dropped so far)",
+                        ident[:40], why, self.dropped)
+
+    def _welcome(self, ident: bytes) -> None:
+        session = self._welcomes.setdefault(ident, next(self._sessions))
+        self._send(ident, p.WELCOME, session)
+
+    def _on_heartbeat(self, msg: p.Message, now: float) -> None:
+        ident = msg.body
+        if not isinstance(ident, bytes):
+            self._drop(b"?", "bad heartbeat body")
+            return
+        slave = self.slaves.get(ident)
+        if slave is not None and msg.epoch == self.epoch:
+            slave.last_seen = now
+        elif ident not in self._welcomes:
+            # A slave we do not know (new, or one we gave up on): tell it to start afresh.
+            self._welcome(ident)
+
+    def _on_ready(self, ident: bytes, slave: SlaveInfo | None, msg: p.Message,
+                  now: float) -> None:
+        session, credit, concurrency, host, pid = msg.body
+        if slave is None:
+            if self._welcomes.get(ident) != session:
+                self._welcome(ident)
+                return
+            del self._welcomes[ident]
+            slave = self.slaves[ident] = SlaveInfo(ident, str(host), int(pid), int(concurrency))
+            log.info("slave %s joined (concurrency %d)", slave.name, slave.concurrency)
+        slave.last_seen = now
+        slave.credit += int(credit)
+        self._dispatch(slave, now)
+
+    def _on_ack(self, ident: bytes, slave: SlaveInfo, msg: p.Message, now: float) -> None:
+        done, credit = msg.body
+        for bid, failures in done:
+            final = self.ledger.ack(ident, bid, failures, now)
+            if failures:
+                self._log_failures(slave, failures, final)
+            self.failures.record(final)
+        slave.credit += int(credit)
+        if slave.leaving:
+            if not any(b.slave == ident for b in self.ledger.leases.values()):
+                self._forget(slave)
+            return
+        self._dispatch(slave, now)
+        if self.ledger.exhausted:
+            self._check_complete()
+
+    def _on_bye(self, ident: bytes, slave: SlaveInfo, msg: p.Message, now: float) -> None:
+        self.ledger.hand_back(ident, list(msg.body))
+        slave.leaving = True
+        slave.credit = 0
+        log.info("slave %s leaving", slave.name)
+        if not any(b.slave == ident for b in self.ledger.leases.values()):
+            self._forget(slave)
+        self._serve_waiting()
+
+    def _forget(self, slave: SlaveInfo) -> None:
+        self.slaves.pop(slave.ident, None)
+        self._waiting.discard(slave.ident)
+
+    def _log_failures(self, slave: SlaveInfo, failures: list[Any], final: list[Failure]) -> None:
+        for _index, error in failures:
+            log.warning("job failed on %s: %s: %s", slave.name, error.get("type"),
+                        error.get("message"))
+        for f in final:
+            log.error("job #%d %s failed for good after %d attempts:\n%s", f.seq,
+                      safe_repr(f.job, 200), f.attempts, f.error.get("traceback", "").rstrip())
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self, slave: SlaveInfo, now: float) -> None:
+        if slave.credit <= 0 or slave.leaving or self.stopping:
+            return
+        batches = self.ledger.take(slave.ident, slave.credit, now, alone=len(self.slaves) == 1)
+        for batch in batches:
+            slave.credit -= len(batch.jobs)
+            if not self._send_batch(slave, batch):
+                return
+        if slave.credit > 0:
+            self._waiting.add(slave.ident)
+        else:
+            self._waiting.discard(slave.ident)
+        if batches and self.ledger.room() > 0:
+            self._room.set()
+
+    def _send_batch(self, slave: SlaveInfo, batch: Batch) -> bool:
+        try:
+            frames = p.pack(p.JOBS, (batch.bid, batch.jobs, batch.isolate), epoch=self.epoch,
+                            counter=next(self._counter), key=self.key)
+        except Exception:  # noqa: BLE001 - a job that cannot be pickled is the user's error
+            self.ledger.hand_back(slave.ident, [batch.bid])
+            self._fatal = _unpicklable(batch)
+            self._finished.set()
+            return False
+        if not self.sock.send(slave.ident, frames):
+            self._lose(slave, "disconnected")
+            return False
+        return True
+
+    def _serve_waiting(self) -> None:
+        now = time.monotonic()
+        for ident in list(self._waiting):
+            slave = self.slaves.get(ident)
+            if slave is None:
+                self._waiting.discard(ident)
+            elif self.ledger.has_work():
+                self._dispatch(slave, now)
+            else:
+                break
+
+    def _lose(self, slave: SlaveInfo, why: str) -> None:
+        held = sum(len(b.jobs) for b in self.ledger.leases.values() if b.slave == slave.ident)
+        log.warning("slave %s lost (%s); %d leased jobs go out again", slave.name, why, held)
+        self._forget(slave)
+        final = self.ledger.lose(slave.ident)
+        for f in final:
+            log.error("job #%d %s recorded as failed: %s", f.seq, safe_repr(f.job, 200),
+                      f.error["message"])
+        self.failures.record(final)
+        self._serve_waiting()
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        if self.ledger.exhausted and not self.ledger.leases and self.ledger.complete:
+            self._finished.set()
+
+    def _send(self, ident: bytes, kind: bytes, body: Any) -> bool:
+        return self.sock.send(ident, p.pack(kind, body, epoch=self.epoch,
+                                            counter=next(self._counter), key=self.key))
+
+    def _broadcast(self, kind: bytes, body: Any) -> None:
+        for ident in list(self.slaves):
+            self._send(ident, kind, body)
+
+    # -- the ticker ------------------------------------------------------------------------
+
+    def _tick(self, state: StateFile, progress: Progress) -> None:
+        last_ping = last_checkpoint = 0.0
+        while True:
+            gevent.sleep(TICK_S)
+            now = time.monotonic()
+            for slave in list(self.slaves.values()):
+                if now - slave.last_seen > self.cfg.lease_timeout_s:
+                    self._lose(slave, f"silent for {now - slave.last_seen:.0f}s")
+            if now - last_ping >= HEARTBEAT_INTERVAL_S:
+                last_ping = now
+                self._broadcast(p.PING, None)
+            if self.ledger.retrying:
+                self._serve_waiting()
+            if now - last_checkpoint >= CHECKPOINT_INTERVAL_S:
+                last_checkpoint = now
+                self._checkpoint(state)
+            progress.update()
+
+    def _checkpoint(self, state: StateFile, force: bool = False) -> None:
+        ledger = self.ledger
+        point = ledger.resume_point()
+        cp = Checkpoint(finished=self._base.finished + ledger.finished,
+                        failed=self._base.failed + ledger.failed,
+                        target=self._base.target, kwargs=self._base.kwargs)
+        if point is not None:
+            cp.resume_seq, cp.resume_job = point
+            cp.has_resume = True
+        elif ledger.exhausted:
+            cp.resume_seq, cp.complete = ledger.next_seq, True
+        else:
+            # Nothing pulled from the stream yet: where we started is still where to resume.
+            cp.resume_seq, cp.resume_job = self._base.resume_seq, self._base.resume_job
+            cp.has_resume = self._base.has_resume
+        key = (cp.resume_seq, cp.has_resume, cp.finished, cp.failed, cp.complete)
+        if key != self._last_saved or force:
+            state.save(cp)
+            self._last_saved = key
+
+    def snapshot(self) -> Snapshot:
+        """The numbers the progress display shows."""
+        ledger = self.ledger
+        done = (self._base.resume_seq if self._base.has_resume else 0) + ledger.finished \
+            + ledger.failed
+        return Snapshot(done=done, failed=self._base.failed + ledger.failed, total=self.total,
+                        buffered=ledger.buffered, leased=ledger.leased,
+                        slaves=len(self.slaves), dropped=self.dropped)
+
+
+def _unpicklable(batch: Batch) -> UserCodeError:
+    for i, job in enumerate(batch.jobs):
+        try:
+            pickle.dumps(job, p.PICKLE_PROTOCOL)
+        except Exception as e:  # noqa: BLE001
+            return UserCodeError(
+                f"job #{batch.start + i} {safe_repr(job, 200)} cannot be pickled "
+                f"({type(e).__name__}: {e}); get_jobs must yield picklable values",
+                traceback.format_exc())
+    return UserCodeError(f"batch from job #{batch.start} cannot be pickled", "")

@@ -1,0 +1,83 @@
+"""What a person watching a run sees: a progress bar on a terminal, a log line otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import progressbar
+
+from .config import PROGRESS_LOG_INTERVAL_S
+
+log = logging.getLogger("taskmaster.progress")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The run's numbers at one moment."""
+
+    done: int
+    failed: int
+    total: int | None
+    buffered: int
+    leased: int
+    slaves: int
+    dropped: int = 0
+
+
+class Progress:
+    """Call `update()` often; it redraws the bar or, without a terminal, logs now and then."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], enabled: bool = True) -> None:
+        self._snapshot = snapshot
+        self._enabled = enabled
+        self._started = time.monotonic()
+        self._last_log = self._started
+        self._last_done = 0
+        self._bar: progressbar.ProgressBar | None = None
+        if enabled and sys.stderr.isatty():
+            self._bar = self._make_bar(snapshot().total)
+
+    @staticmethod
+    def _make_bar(total: int | None) -> progressbar.ProgressBar:
+        text = progressbar.FormatCustomText(
+            " failed %(failed)d | buffered %(buffered)d | leased %(leased)d | "
+            "slaves %(slaves)d ",
+            dict(failed=0, buffered=0, leased=0, slaves=0))
+        widgets: list[object] = [progressbar.Counter("%(value)d"), " done ",
+                                 progressbar.FileTransferSpeed(unit="jobs"), " |", text, "| ",
+                                 progressbar.Timer("%(elapsed)s")]
+        if total is not None:
+            widgets += [" ", progressbar.Percentage(), " ", progressbar.Bar(), " ",
+                        progressbar.ETA()]
+        bar = progressbar.ProgressBar(max_value=total or progressbar.UnknownLength,
+                                      widgets=widgets, fd=sys.stderr, redirect_stderr=False)
+        bar.custom_text = text  # type: ignore[attr-defined]
+        return bar
+
+    def update(self) -> None:
+        if not self._enabled:
+            return
+        s = self._snapshot()
+        if self._bar is not None:
+            self._bar.custom_text.update_mapping(  # type: ignore[attr-defined]
+                failed=s.failed, buffered=s.buffered, leased=s.leased, slaves=s.slaves)
+            self._bar.update(min(s.done, s.total) if s.total is not None else s.done)
+            return
+        now = time.monotonic()
+        if now - self._last_log >= PROGRESS_LOG_INTERVAL_S:
+            rate = (s.done - self._last_done) / (now - self._last_log)
+            self._last_log, self._last_done = now, s.done
+            of_total = f"/{s.total}" if s.total is not None else ""
+            log.info("%d%s done (%d failed), %.0f jobs/s, buffered %d, leased %d, slaves %d, "
+                     "%.0fs elapsed", s.done, of_total, s.failed, rate, s.buffered, s.leased,
+                     s.slaves, now - self._started)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self.update()
+            self._bar.finish(dirty=True)
+            self._bar = None

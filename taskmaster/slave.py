@@ -1,0 +1,353 @@
+"""The slave: credit -> jobs -> a pool of greenlets calling handle_job -> acknowledgements.
+
+The slave asks the master for as many jobs as keep its greenlets busy for a short while
+(`SLAVE_WORK_AHEAD_S`), measured as it goes: thousands for jobs that take microseconds, a few
+for jobs that take seconds. A batch from the master is cut into pieces, one piece per turn of a
+worker greenlet, and acknowledged as a whole when its last piece is done. Liveness is a
+separate OS thread, so a callback that never yields does not make the slave look dead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import gevent.event
+
+from . import protocol as p
+from .config import (
+    HEARTBEAT_INTERVAL_S,
+    MAX_MESSAGE_BYTES,
+    MAX_WINDOW_JOBS,
+    PROGRESS_LOG_INTERVAL_S,
+    SLAVE_WORK_AHEAD_S,
+    SlaveConfig,
+)
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
+from .transport import SlaveSocket, start_heartbeat_thread
+
+log = logging.getLogger(__name__)
+
+PIECE_S = 0.01
+"""Work one greenlet does in one turn before it lets the others (and the socket) run."""
+STOP_WAIT_S = 30.0
+"""On SIGINT/SIGTERM, how long running jobs get to finish before the slave leaves anyway."""
+JOIN_RETRY_S = 0.2
+NO_EPOCH = bytes(p.EPOCH_BYTES)
+
+
+class JobTimeout(Exception):
+    """handle_job ran past --job-timeout."""
+
+
+@dataclass(eq=False)
+class _Batch:
+    bid: int
+    epoch: bytes
+    size: int
+    pieces_left: int = 0
+    started: bool = False
+    failures: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+
+
+@dataclass(eq=False, slots=True)
+class _Piece:
+    batch: _Batch
+    offset: int
+    jobs: list[Any]
+    alone: bool
+
+
+class _Isolation:
+    """Lets a suspect job (one whose slave died before) run with nothing else beside it."""
+
+    def __init__(self) -> None:
+        self.shared = 0
+        self.exclusive = False
+        self._changed = gevent.event.Event()
+
+    def enter(self, alone: bool) -> None:
+        while self.exclusive or (alone and self.shared):
+            self._changed.clear()
+            self._changed.wait()
+        if alone:
+            self.exclusive = True
+        else:
+            self.shared += 1
+
+    def leave(self, alone: bool) -> None:
+        if alone:
+            self.exclusive = False
+        else:
+            self.shared -= 1
+        self._changed.set()
+
+
+def describe_error(e: BaseException) -> dict[str, str]:
+    """An exception as data: what travels to the master and lands in the failure records."""
+    return {"type": type(e).__name__, "message": str(e)[:2000],
+            "traceback": "".join(traceback.format_exception(e))}
+
+
+class Slave:
+    """One slave process's work. `run()` returns the exit status."""
+
+    def __init__(self, cfg: SlaveConfig, handle_job: Callable[[Any], Any], *,
+                 key: bytes | None = None) -> None:
+        self.cfg = cfg
+        self.handle_job = handle_job
+        self.key = key
+        self.host = socket.gethostname()
+        self.ident = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}".encode()
+        self.epoch = NO_EPOCH
+        self.session = 0
+        self.granted = 0  # credit the master has and has not used yet
+        self.held = 0  # jobs here, queued or running
+        self.window = 2 * cfg.concurrency
+        self.job_s = 0.001  # running estimate of one job's duration on one greenlet
+        self.done = 0
+        self.failed_attempts = 0
+        self._counter = 0
+        self._queue: deque[_Piece] = deque()
+        self._work = gevent.event.Event()
+        self._stopping = False
+        self._running = 0
+        self._isolation = _Isolation()
+        self._batches: dict[int, _Batch] = {}
+        self._paused = False  # the master said STOP: take nothing until a (new) master welcomes
+        self._exit: int | None = None
+        self._last_heard = time.monotonic()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until the master says the run is done, a signal, or the master is gone."""
+        self.sock = SlaveSocket(self.cfg.address, self.ident)
+        stop_beats = start_heartbeat_thread(self.cfg.address, self.ident, self._heartbeat_frames,
+                                            HEARTBEAT_INTERVAL_S)
+        handlers = [gevent.signal_handler(s, self._on_signal, s)
+                    for s in (signal.SIGINT, signal.SIGTERM)]
+        workers = [gevent.spawn(self._worker) for _ in range(self.cfg.concurrency)]
+        for w in workers:
+            w.link_exception(self._crashed)
+        log.info("slave %s: %d greenlets, master %s", self.ident.decode(),
+                 self.cfg.concurrency, self.cfg.address)
+        try:
+            self._serve()
+        finally:
+            stop_beats()
+            for h in handlers:
+                h.cancel()
+            gevent.killall(workers, timeout=1)
+            self.sock.close(linger_s=1.0)
+        return self._exit if self._exit is not None else EXIT_FAILED
+
+    def _serve(self) -> None:
+        last_log = time.monotonic()
+        while self._exit is None:
+            timeout = JOIN_RETRY_S if self.epoch == NO_EPOCH else HEARTBEAT_INTERVAL_S
+            frames = self.sock.recv(timeout)
+            now = time.monotonic()
+            if frames is not None:
+                self._last_heard = now
+                self._handle(frames)
+            elif self.epoch == NO_EPOCH:
+                # Knock until a master answers; it replies WELCOME to an unknown slave.
+                self._send(p.HEARTBEAT, self.ident)
+            if now - self._last_heard > self.cfg.master_timeout_s:
+                log.error("no master at %s for %.0fs; giving up (is tm-master running there? "
+                          "--master-timeout waits longer)", self.cfg.address,
+                          now - self._last_heard)
+                self._exit = EXIT_FAILED
+            if now - last_log >= PROGRESS_LOG_INTERVAL_S:
+                last_log = now
+                log.debug("%d jobs done, %d held, %d granted, window %d, job %.2gs, queue %d, running %d", self.done, self.held, self.granted, self.window, self.job_s, len(self._queue), self._running)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        try:
+            msg = p.unpack(frames, key=self.key, kinds=p.MASTER_KINDS, max_bytes=MAX_MESSAGE_BYTES)
+        except p.ProtocolError as e:
+            log.warning("dropped a message from the master: %s", e)
+            return
+        if msg.kind == p.WELCOME:
+            self._on_welcome(msg)
+        elif msg.epoch != self.epoch:
+            return  # meant for a run we have left
+        elif msg.kind == p.JOBS:
+            self._on_jobs(msg.epoch, *msg.body)
+        elif msg.kind == p.STOP:
+            log.info("master is stopping; handing back unstarted jobs")
+            self._paused = True
+            self._hand_back()
+        elif msg.kind == p.DONE:
+            finished, failed = msg.body
+            log.info("run complete (%d finished, %d failed); this slave ran %d", finished,
+                     failed, self.done)
+            gevent.spawn(self._finish, EXIT_OK)
+
+    def _on_welcome(self, msg: p.Message) -> None:
+        if (msg.epoch, msg.body) == (self.epoch, self.session):
+            return
+        if self.epoch != NO_EPOCH:
+            log.warning("master restarted or lost track of this slave; rejoining")
+        self.epoch, self.session, self.granted, self._paused = msg.epoch, msg.body, 0, False
+        self._forget_leases()
+        self._send(p.READY, (self.session, self._credit(), self.cfg.concurrency, self.host,
+                             os.getpid()))
+
+    def _on_signal(self, signum: int) -> None:
+        code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+        if self._stopping:
+            os._exit(code)  # second signal: leave now; the master re-runs what we held
+        self._stopping = True
+        log.warning("%s: finishing running jobs, handing back the rest",
+                    signal.Signals(signum).name)
+        self._paused = True
+        self._hand_back()
+        gevent.spawn(self._finish, code)
+
+    def _finish(self, code: int) -> None:
+        """Exit once the batches already started are done (bounded by STOP_WAIT_S)."""
+        self._paused = True
+        deadline = time.monotonic() + STOP_WAIT_S
+        while (self._queue or self._running) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        if self._queue or self._running:
+            log.warning("jobs still running after %.0fs; leaving them to be run again",
+                        STOP_WAIT_S)
+        self._exit = code
+
+    def _crashed(self, greenlet: gevent.Greenlet) -> None:
+        log.critical("internal error in a worker", exc_info=greenlet.exc_info)
+        self._exit = EXIT_FAILED
+
+    # -- credit and jobs -------------------------------------------------------------------
+
+    def _credit(self) -> int:
+        """Jobs to ask for now so that held + promised fills the window."""
+        if self._paused:
+            return 0
+        credit = self.window - self.held - self.granted
+        if credit <= 0:
+            return 0
+        self.granted += credit
+        return credit
+
+    def _on_jobs(self, epoch: bytes, bid: int, jobs: list[Any], alone: bool) -> None:
+        n = len(jobs)
+        self.granted = max(0, self.granted - n)
+        self.held += n
+        batch = self._batches[bid] = _Batch(bid, epoch, n)
+        size = 1 if alone else max(1, min(n, int(PIECE_S / self.job_s)))
+        for offset in range(0, n, size):
+            self._queue.append(_Piece(batch, offset, jobs[offset:offset + size] if size < n
+                                      else jobs, alone))
+            batch.pieces_left += 1
+        self._work.set()
+
+    def _forget_leases(self) -> None:
+        """Drop every queued piece; running ones finish but will not be acknowledged (their
+        lease is one the master has given up on, so it handed the jobs out again)."""
+        for piece in self._queue:
+            self.held -= len(piece.jobs)
+            piece.batch.pieces_left -= 1
+        self._queue.clear()
+        for bid, batch in list(self._batches.items()):
+            if batch.pieces_left <= 0:
+                del self._batches[bid]
+            else:
+                batch.epoch = NO_EPOCH
+
+    def _hand_back(self) -> None:
+        """Give the master every batch not started yet, and forget it here."""
+        back = [b.bid for b in self._batches.values() if not b.started]
+        kept: deque[_Piece] = deque()
+        for piece in self._queue:
+            if piece.batch.started:
+                kept.append(piece)
+            else:
+                self.held -= len(piece.jobs)
+        self._queue = kept
+        for bid in back:
+            del self._batches[bid]
+        self._send(p.BYE, back)
+
+    # -- the workers -----------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            while not self._queue:
+                self._work.clear()
+                self._work.wait()
+            piece = self._queue.popleft()
+            piece.batch.started = True
+            self._running += 1
+            self._isolation.enter(piece.alone)
+            started = time.perf_counter()
+            try:
+                failures = self._run(piece)
+            finally:
+                self._isolation.leave(piece.alone)
+                self._running -= 1
+            elapsed = time.perf_counter() - started
+            self._learn(elapsed / len(piece.jobs))
+            self._piece_done(piece, failures)
+            gevent.sleep(0)  # let the socket and the other greenlets in between pieces
+
+    def _run(self, piece: _Piece) -> list[tuple[int, dict[str, str]]]:
+        handle, failures = self.handle_job, []
+        limit = self.cfg.job_timeout_s
+        for i, job in enumerate(piece.jobs, piece.offset):
+            try:
+                if limit is None:
+                    handle(job)
+                else:
+                    with gevent.Timeout(limit, JobTimeout(f"job ran past --job-timeout {limit}s")):
+                        handle(job)
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's error is data
+                log.warning("handle_job(%.80r) raised %s: %s", job, type(e).__name__, e)
+                failures.append((i, describe_error(e)))
+        return failures
+
+    def _learn(self, job_s: float) -> None:
+        # Weighted toward the recent past: a stream whose jobs change speed is followed
+        # within a few pieces.
+        self.job_s = max(1e-7, 0.7 * self.job_s + 0.3 * job_s)
+        ahead = SLAVE_WORK_AHEAD_S * self.cfg.concurrency / self.job_s
+        self.window = int(min(MAX_WINDOW_JOBS, max(2 * self.cfg.concurrency, ahead)))
+
+    def _piece_done(self, piece: _Piece, failures: list[tuple[int, dict[str, str]]]) -> None:
+        batch = piece.batch
+        n = len(piece.jobs)
+        self.held -= n
+        self.done += n - len(failures)
+        self.failed_attempts += len(failures)
+        batch.failures.extend(failures)
+        batch.pieces_left -= 1
+        if batch.pieces_left > 0:
+            return
+        self._batches.pop(batch.bid, None)
+        done = [(batch.bid, batch.failures)] if batch.epoch == self.epoch else []
+        credit = self._credit()
+        if done or credit:
+            self._send(p.ACK, (done, credit))
+
+    # -- messages --------------------------------------------------------------------------
+
+    def _send(self, kind: bytes, body: Any) -> None:
+        self._counter += 1
+        self.sock.send(p.pack(kind, body, epoch=self.epoch, counter=self._counter, key=self.key))
+
+    def _heartbeat_frames(self) -> list[bytes]:
+        # Runs on the heartbeat thread: reads two attributes, writes nothing of ours.
+        return p.pack(p.HEARTBEAT, self.ident, epoch=self.epoch, key=self.key)

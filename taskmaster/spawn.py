@@ -1,0 +1,124 @@
+"""Local supervision of slave processes, for tm-spawn and tm-run.
+
+A slave that exits 0 is done (the run is complete). One that dies otherwise is restarted with a
+doubling delay, a bounded number of times; the supervisor's status is the worst of its slaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import gevent
+
+from .errors import EXIT_FAILED, EXIT_OK
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 5
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 30.0
+POLL_S = 0.2
+STOP_WAIT_S = 40.0
+"""How long slaves get to finish their running jobs after a forwarded signal."""
+
+
+def slave_command(target: str, options: Sequence[str]) -> list[str]:
+    """The argv that starts one slave with this interpreter (no secret on it: that is env)."""
+    return [sys.executable, "-m", "taskmaster", "slave", target, *options]
+
+
+@dataclass
+class _Child:
+    index: int
+    proc: subprocess.Popen[bytes]
+    restarts: int = 0
+    restart_at: float | None = None
+    status: int | None = None
+
+
+def _status(returncode: int) -> int:
+    # A slave killed by signal N shows as -N; report it the shell's way, 128 + N.
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Supervisor:
+    """Starts N copies of a command and keeps them running until each is done."""
+
+    def __init__(self, argv: list[str], n: int, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.env = env
+        self.stopping = False
+        self.children = [_Child(i, self._start(i)) for i in range(n)]
+
+    def _start(self, index: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(self.argv, env=self.env)
+        log.debug("started slave %d as pid %d", index, proc.pid)
+        return proc
+
+    def poll(self) -> bool:
+        """Reap and restart as needed; True while any child is still running or due back."""
+        now = time.monotonic()
+        alive = False
+        for c in self.children:
+            if c.status is not None:
+                continue
+            if c.restart_at is not None:
+                if self.stopping:
+                    c.status = EXIT_FAILED
+                elif now >= c.restart_at:
+                    c.proc, c.restart_at = self._start(c.index), None
+                alive = True
+                continue
+            code = c.proc.poll()
+            if code is None:
+                alive = True
+            elif code == EXIT_OK or self.stopping or c.restarts >= MAX_RESTARTS:
+                c.status = _status(code)
+                if code != EXIT_OK and not self.stopping:
+                    log.error("slave %d (pid %d) exited with %d; restarted %d times already, "
+                              "giving up on it", c.index, c.proc.pid, c.status, c.restarts)
+            else:
+                delay = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** c.restarts)
+                c.restarts += 1
+                c.restart_at = now + delay
+                log.warning("slave %d (pid %d) died with %d; restarting in %.0fs", c.index,
+                            c.proc.pid, _status(code), delay)
+                alive = True
+        return alive
+
+    def wait(self) -> int:
+        """Supervise until every child is done; the worst exit status."""
+        while self.poll():
+            gevent.sleep(POLL_S)
+        return max((c.status or 0 for c in self.children), default=EXIT_OK)
+
+    def signal(self, signum: int) -> None:
+        """Pass a stop signal on; a second one is passed on too (the slaves then leave now)."""
+        self.stopping = True
+        for c in self.children:
+            if c.status is None and c.restart_at is None and c.proc.poll() is None:
+                c.proc.send_signal(signum)
+
+    def stop(self, grace_s: float = 0.0, wait_s: float = STOP_WAIT_S) -> int:
+        """Give children ``grace_s`` to exit by themselves, then SIGTERM those still running,
+        wait (bounded), and kill what is left."""
+        deadline = time.monotonic() + grace_s
+        while self.poll() and time.monotonic() < deadline:
+            gevent.sleep(POLL_S / 4)
+        self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        while self.poll() and time.monotonic() < deadline:
+            gevent.sleep(POLL_S)
+        for c in self.children:
+            if c.proc.poll() is None:
+                log.warning("slave pid %d did not stop; killing it", c.proc.pid)
+                c.proc.kill()
+                c.proc.wait()
+                c.status = _status(c.proc.returncode)
+        return max((c.status or 0 for c in self.children), default=EXIT_OK)

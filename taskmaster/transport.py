@@ -1,0 +1,153 @@
+"""The only module that touches ZeroMQ: socket set-up, and ZeroMQ errors turned into ours.
+
+No retries and no sleeps hide in here; what to do when a peer is gone is the caller's call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import gevent
+import gevent.monkey
+import zmq
+import zmq.green as gzmq
+
+from .config import MAX_MESSAGE_BYTES
+from .errors import TransportError
+
+log = logging.getLogger(__name__)
+
+# Reconnect quickly at first (a restarted master is back within a second), backing off to a
+# few seconds so that a long outage does not mean a storm of connection attempts.
+RECONNECT_FIRST_MS = 100
+RECONNECT_MAX_MS = 4000
+# Bytes of headroom beyond the largest body for the small header, kind and signature frames.
+_FRAME_SLACK = 4096
+
+
+def _fail(action: str, address: str, e: zmq.ZMQError) -> TransportError:
+    hint = {
+        zmq.EADDRINUSE: "another process listens there: stop it or pick another --address",
+        zmq.EADDRNOTAVAIL: "that address is not on this host: bind a local address",
+        zmq.EINVAL: "expected tcp://HOST:PORT",
+        zmq.EPROTONOSUPPORT: "expected tcp://HOST:PORT",
+    }.get(e.errno, "check --address")
+    return TransportError(f"cannot {action} {address}: {e.strerror}; {hint}")
+
+
+class MasterSocket:
+    """The master's ROUTER socket: bound, addressing each slave by its identity."""
+
+    def __init__(self, address: str, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self._sock = gzmq.Context.instance().socket(zmq.ROUTER)
+        # Sending to a slave that has gone must raise, not vanish silently: it tells us the
+        # slave is gone sooner than the lease timeout would.
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # What we queue per slave is bounded by its credit, so no high-water mark is needed,
+        # and one would silently drop jobs.
+        self._sock.setsockopt(zmq.SNDHWM, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_bytes + _FRAME_SLACK)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self._sock.bind(address)
+        except zmq.ZMQError as e:
+            self._sock.close()
+            raise _fail("listen on", address, e) from None
+        self.address: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def recv(self) -> tuple[bytes, list[bytes]]:
+        """Wait for the next message: (sender identity, its frames)."""
+        identity, *frames = self._sock.recv_multipart(copy=True)
+        return identity, frames
+
+    def send(self, identity: bytes, frames: list[bytes]) -> bool:
+        """Queue a message to one slave; False when that slave is not connected."""
+        try:
+            self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as e:
+            if e.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                return False
+            raise
+        return True
+
+    def close(self, linger_s: float = 0.0) -> None:
+        self._sock.close(linger=int(linger_s * 1000))
+
+
+class SlaveSocket:
+    """A slave's DEALER socket: connects (and reconnects by itself) to the master."""
+
+    def __init__(self, address: str, identity: bytes) -> None:
+        self._sock = gzmq.Context.instance().socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.IDENTITY, identity)
+        # Messages are not queued for a master that is not there: a stale READY or ACK is
+        # worthless to the next master, which starts a new epoch anyway.
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_FIRST_MS)
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES + _FRAME_SLACK)
+        try:
+            self._sock.connect(address)
+        except zmq.ZMQError as e:
+            self._sock.close()
+            raise _fail("connect to", address, e) from None
+
+    def recv(self, timeout_s: float) -> list[bytes] | None:
+        """The next message's frames, or None when nothing came within the timeout."""
+        # Not poll(): the socket's file descriptor is edge-triggered and a send from another
+        # greenlet can consume the edge, leaving poll asleep with messages waiting. The green
+        # recv re-checks the socket's events itself.
+        with gevent.Timeout(timeout_s, False):
+            return self._sock.recv_multipart()
+        return None
+
+    def send(self, frames: list[bytes]) -> bool:
+        """Send if the master is connected; False (message dropped) when it is not."""
+        try:
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EAGAIN:
+                return False
+            raise
+        return True
+
+    def close(self, linger_s: float = 0.0) -> None:
+        self._sock.close(linger=int(linger_s * 1000))
+
+
+def start_heartbeat_thread(address: str, identity: bytes, make_frames: Callable[[], list[bytes]],
+                           interval_s: float) -> Callable[[], None]:
+    """Send ``make_frames()`` every ``interval_s`` from a real OS thread; return a stopper.
+
+    A real thread with its own (non-gevent) socket keeps beating while a user's callback
+    holds the CPU without ever yielding to the gevent hub.
+    """
+    start_thread = gevent.monkey.get_original("_thread", "start_new_thread")
+    allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
+    stopped = allocate_lock()
+    stopped.acquire()
+
+    def beat() -> None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, identity + b"/heartbeat")
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_FIRST_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+        sock.connect(address)
+        try:
+            # The lock doubles as an interruptible sleep: released means "stop now".
+            while not stopped.acquire(True, interval_s):
+                try:
+                    sock.send_multipart(make_frames(), flags=zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # master not there right now; the next beat tries again
+        finally:
+            sock.close()
+            ctx.term()
+
+    start_thread(beat, ())
+    return stopped.release
