@@ -30,7 +30,7 @@ DEFAULT_MAX_DEATHS = 3
 DEFAULT_STOP_WAIT_S = 30.0
 HEARTBEAT_INTERVAL_S = 1.0
 CHECKPOINT_INTERVAL_S = 1.0
-PROGRESS_LOG_INTERVAL_S = 1.0
+PROGRESS_LOG_INTERVAL_S = 5.0
 RETRY_BACKOFF_BASE_S = 0.5
 RETRY_BACKOFF_MAX_S = 30.0
 MAX_BATCH_JOBS = 1000
@@ -171,7 +171,8 @@ def check_address(address: str) -> str:
     except ValueError:
         ok = False
     if not ok:
-        raise ConfigError(f"bad address {address!r}: expected tcp://HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+        raise ConfigError(
+            f"bad address {address!r}: expected tcp://HOST:PORT, e.g. {DEFAULT_ADDRESS}")
     return address
 
 

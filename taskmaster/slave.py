@@ -46,7 +46,7 @@ JOIN_RETRY_S = 0.2
 NO_EPOCH = bytes(p.EPOCH_BYTES)
 
 
-class JobTimeout(Exception):
+class JobTimeoutError(Exception):
     """handle_job ran past --job-timeout."""
 
 
@@ -171,7 +171,8 @@ class Slave:
                 self._exit = EXIT_FAILED
             if now - last_log >= PROGRESS_LOG_INTERVAL_S:
                 last_log = now
-                log.debug("%d jobs done, %d held, %d granted, window %d, job %.2gs, queue %d, running %d", self.done, self.held, self.granted, self.window, self.job_s, len(self._queue), self._running)
+                log.debug("%d jobs done, %d held, %d granted, window %d, %.2gs a job",
+                          self.done, self.held, self.granted, self.window, self.job_s)
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -307,12 +308,13 @@ class Slave:
     def _run(self, piece: _Piece) -> list[tuple[int, dict[str, str]]]:
         handle, failures = self.handle_job, []
         limit = self.cfg.job_timeout_s
+        too_long = JobTimeoutError(f"job ran past --job-timeout {limit}s")
         for i, job in enumerate(piece.jobs, piece.offset):
             try:
                 if limit is None:
                     handle(job)
                 else:
-                    with gevent.Timeout(limit, JobTimeout(f"job ran past --job-timeout {limit}s")):
+                    with gevent.Timeout(limit, too_long):
                         handle(job)
             except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's error is data
                 log.warning("handle_job(%.80r) raised %s: %s", job, type(e).__name__, e)

@@ -5,6 +5,7 @@ No retries and no sleeps hide in here; what to do when a peer is gone is the cal
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -141,10 +142,9 @@ def start_heartbeat_thread(address: str, identity: bytes, make_frames: Callable[
         try:
             # The lock doubles as an interruptible sleep: released means "stop now".
             while not stopped.acquire(True, interval_s):
-                try:
+                # A master that is not there right now gets the next beat instead.
+                with contextlib.suppress(zmq.ZMQError):
                     sock.send_multipart(make_frames(), flags=zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass  # master not there right now; the next beat tries again
         finally:
             sock.close()
             ctx.term()

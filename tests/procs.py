@@ -1,0 +1,138 @@
+"""The one helper that owns the processes tests start: start, expect, wait, kill by PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+JOBS = TESTS / "jobs"
+
+COMMANDS = {"tm-master": "master", "tm-slave": "slave", "tm-spawn": "spawn", "tm-run": "run"}
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the OS picks it by binding port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_address() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+class Proc:
+    """A started command whose output is collected, line by line, in the background."""
+
+    def __init__(self, argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(JOBS),
+                    **(env or {})}
+        self.argv = list(argv)
+        self.proc = subprocess.Popen(
+            self.argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def expect(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        """Wait until a line matches ``pattern`` (a regex); fail with the output otherwise."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"{pattern!r} not seen within {timeout}s from {self.argv}:\n{self.output}")
+                self._changed.wait(min(left, 0.1))
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """The exit status; on timeout the process group is killed and the test fails."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"{self.argv} still running after {timeout}s:\n{self.output}")
+        self._reader.join(5)
+        return code
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the command and anything it started)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._reader.join(5)
+
+
+class Procs:
+    """Every process a test started; `cleanup` kills any still alive, by PID."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.started: list[Proc] = []
+
+    def start(self, command: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        """Start ``tm-master`` etc. with this interpreter (so no PATH surprises)."""
+        argv = [sys.executable, "-m", "taskmaster", COMMANDS[command], *args]
+        proc = Proc(argv, self.cwd, env)
+        self.started.append(proc)
+        return proc
+
+    def run(self, command: str, *args: str, timeout: float = 60.0,
+            env: dict[str, str] | None = None) -> Proc:
+        """Start and wait; the Proc carries ``code`` and its output."""
+        proc = self.start(command, *args, env=env)
+        proc.code = proc.wait(timeout)  # type: ignore[attr-defined]
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.started:
+            if proc.proc.poll() is None:
+                proc.kill()
+
+
+def read_ledger(path: Path) -> list[str]:
+    """Lines a ledger job module wrote, one per executed job."""
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().splitlines() if line]
