@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import sys
 import traceback
 from collections.abc import Callable
@@ -20,9 +22,11 @@ from .config import (
     DEFAULT_MAX_DEATHS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_STOP_WAIT_S,
+    SECRET_ENV,
     MasterConfig,
     SlaveConfig,
     Target,
+    load_secret,
     parse_kwargs,
 )
 from .errors import EXIT_FAILED, EXIT_OK, ConfigError, TaskmasterError, UserCodeError
@@ -43,12 +47,28 @@ def _option(*decls: str, **kwargs: Any) -> Callable[[Any], Any]:
 
 def _common(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
+        _option("--secret-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                help=f"File holding the shared secret (or set ${SECRET_ENV})."),
+        _option("--insecure", is_flag=True,
+                help="Allow a non-loopback address without a shared secret."),
+        _option("--curve", "curve_dir", type=click.Path(file_okay=False, path_type=Path),
+                default=None, envvar="TASKMASTER_CURVE",
+                help="Encrypt with CurveZMQ, keys from this directory (see tm-keygen)."),
         _option("--log-level", default="INFO",
                 type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)),
         _option("--no-progress", is_flag=True, help="No progress bar or progress log lines."),
     ]):
         f = opt(f)
     return f
+
+
+def _security(opts: dict[str, Any]) -> dict[str, Any]:
+    """The security settings shared by every command, validated."""
+    if opts["insecure"]:
+        log.warning("--insecure: messages are not authenticated; anyone who can reach the "
+                    "address can read jobs and forge results")
+    return {"secret": load_secret(opts["secret_file"]), "insecure": opts["insecure"],
+            "curve_dir": opts["curve_dir"]}
 
 
 def _address(default: str | None = DEFAULT_ADDRESS) -> Callable[[Any], Any]:
@@ -88,6 +108,9 @@ def _master_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="Slave deaths a job may cause before it is recorded as failed."),
         _option("--stop-wait", type=float, default=DEFAULT_STOP_WAIT_S,
                 help="On SIGINT/SIGTERM, seconds to wait for leased jobs."),
+        _option("--retry-failures", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                default=None, envvar=None,
+                help="Run exactly the jobs recorded in this failures file, again."),
     ]):
         f = opt(f)
     return f
@@ -137,7 +160,8 @@ def _master_config(target: str, pairs: tuple[str, ...], address: str, opts: dict
         size=opts["size"], state_path=opts["state_file"], failures_path=opts["failures_file"],
         reset=opts["reset"], lease_timeout_s=opts["lease_timeout"],
         max_retries=opts["max_retries"], max_deaths=opts["max_deaths"],
-        stop_wait_s=opts["stop_wait"], progress=not no_progress)
+        stop_wait_s=opts["stop_wait"], retry_failures=opts["retry_failures"],
+        progress=not no_progress, **_security(opts))
 
 
 def _slave_config(target: str, address: str, opts: dict[str, Any],
@@ -145,7 +169,7 @@ def _slave_config(target: str, address: str, opts: dict[str, Any],
     return SlaveConfig(
         target=Target.parse(target, "handle_job"), address=address,
         concurrency=opts["concurrency"], master_timeout_s=opts["master_timeout"],
-        job_timeout_s=opts["job_timeout"], progress=not no_progress)
+        job_timeout_s=opts["job_timeout"], progress=not no_progress, **_security(opts))
 
 
 def _slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str) -> list[str]:
@@ -158,6 +182,13 @@ def _slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str)
         argv += ["--job-timeout", str(opts["job_timeout"])]
     if opts["no_monkey_patch"]:
         argv.append("--no-monkey-patch")
+    # The secret itself never goes on a command line: a file's path, or the environment.
+    if opts["secret_file"] is not None:
+        argv += ["--secret-file", str(opts["secret_file"])]
+    if opts["insecure"]:
+        argv.append("--insecure")
+    if opts["curve_dir"] is not None:
+        argv += ["--curve", str(opts["curve_dir"])]
     return slave_command(target, argv)
 
 
@@ -252,6 +283,10 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
         if Target.parse(script, "get_jobs").func != "get_jobs" or ":" in Path(script).name:
             raise ConfigError(f"tm-run takes a module or file with both get_jobs and handle_job, "
                         f"not a function: {script!r}")
+        env = dict(os.environ)
+        if opts["secret_file"] is None and not env.get(SECRET_ENV):
+            # A run of our own gets a secret of its own: other local users cannot join it.
+            env[SECRET_ENV] = os.environ[SECRET_ENV] = secrets.token_hex(32)
         cfg = _master_config(script, pairs, address or "tcp://127.0.0.1:*", opts, no_progress)
         _slave_config(script, cfg.address, opts, no_progress)
         _green()
@@ -261,7 +296,7 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
         supervisors: list[Supervisor] = []
 
         def start_slaves(bound: str) -> None:
-            supervisors.append(Supervisor(_slave_argv(script, bound, opts, log_level), n))
+            supervisors.append(Supervisor(_slave_argv(script, bound, opts, log_level), n, env))
 
         code = Master(cfg, _load(script, "get_jobs"), on_bound=start_slaves).run()
         for sup in supervisors:
@@ -270,6 +305,26 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
         return code
 
     _execute("tm-run", body)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def keygen(directory: Path) -> None:
+    """Make CurveZMQ keys in DIRECTORY for --curve: master.key(_secret), slave.key(_secret).
+
+    The master needs master.key_secret; each slave host needs master.key and
+    slave.key_secret.
+    """
+    _setup_logging("INFO")
+
+    def body() -> int:
+        from .transport import make_curve_keys
+
+        for path in make_curve_keys(directory):
+            click.echo(str(path))
+        return 0
+
+    _execute("tm-keygen", body)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -281,3 +336,4 @@ main.add_command(master)
 main.add_command(slave)
 main.add_command(spawn)
 main.add_command(run)
+main.add_command(keygen)

@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import ipaddress
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -40,6 +41,9 @@ MAX_WINDOW_JOBS = 20_000
 SLAVE_WORK_AHEAD_S = 0.2
 """How much work, in seconds, a slave asks to hold so that it never waits for the master."""
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+SECRET_ENV = "TASKMASTER_SECRET"
+MIN_SECRET_BYTES = 16
 
 STATE_SUFFIX = ".tmstate"
 FAILURES_SUFFIX = ".failures.jsonl"
@@ -176,6 +180,47 @@ def check_address(address: str) -> str:
     return address
 
 
+def load_secret(secret_file: Path | None) -> bytes | None:
+    """The shared secret, from --secret-file or $TASKMASTER_SECRET; None when neither is set.
+
+    Never from a command-line value: every user of a host can read every command line.
+    """
+    if secret_file is not None:
+        try:
+            secret = secret_file.read_bytes().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read --secret-file {secret_file}: {e.strerror}") from None
+        where = f"--secret-file {secret_file}"
+    elif os.environ.get(SECRET_ENV):
+        secret, where = os.environ[SECRET_ENV].strip().encode(), f"${SECRET_ENV}"
+    else:
+        return None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"the secret in {where} is {len(secret)} bytes; use at least {MIN_SECRET_BYTES}, "
+            "e.g. python -c 'import secrets; print(secrets.token_hex(32))'")
+    return secret
+
+
+def signing_key(secret: bytes | None) -> bytes | None:
+    """The HMAC key for a secret: derived, so the secret itself is used for nothing else."""
+    if secret is None:
+        return None
+    return hashlib.sha256(b"taskmaster message signing v1\0" + secret).digest()
+
+
+def check_exposure(address: str, secret: bytes | None, insecure: bool, role: str) -> None:
+    """Refuse to talk off loopback without a secret, unless the user insists (--insecure)."""
+    if secret is not None or is_loopback_address(address):
+        return
+    if not insecure:
+        verb = "bind" if role == "master" else "connect to"
+        raise ConfigError(
+            f"refusing to {verb} non-loopback {address} without a shared secret: anyone who "
+            f"can reach it could read or forge jobs; set ${SECRET_ENV} or --secret-file "
+            "(or pass --insecure on a network you trust)")
+
+
 @dataclass
 class MasterConfig:
     """Everything `tm-master` needs, validated."""
@@ -193,15 +238,23 @@ class MasterConfig:
     stop_wait_s: float = DEFAULT_STOP_WAIT_S
     progress: bool = True
     retry_failures: Path | None = None
+    secret: bytes | None = field(default=None, repr=False)
+    insecure: bool = False
+    curve_dir: Path | None = None
 
     def __post_init__(self) -> None:
         check_address(self.address)
+        check_exposure(self.address, self.secret, self.insecure, "master")
         if self.size < 1:
             raise ConfigError(f"--size must be at least 1, got {self.size}")
         if self.lease_timeout_s <= HEARTBEAT_INTERVAL_S:
             raise ConfigError(
                 f"--lease-timeout must exceed the heartbeat interval ({HEARTBEAT_INTERVAL_S}s)"
             )
+        if self.state_path is None and self.retry_failures is not None:
+            # A retry is a run of its own, named after the file it retries.
+            name = self.retry_failures.name.removesuffix(FAILURES_SUFFIX)
+            self.state_path = self.retry_failures.with_name(name + ".retry" + STATE_SUFFIX)
         if self.state_path is None:
             self.state_path = default_state_path(self.target, self.kwargs)
         if self.failures_path is None:
@@ -218,8 +271,12 @@ class SlaveConfig:
     master_timeout_s: float = DEFAULT_MASTER_TIMEOUT_S
     job_timeout_s: float | None = None
     progress: bool = True
+    secret: bytes | None = field(default=None, repr=False)
+    insecure: bool = False
+    curve_dir: Path | None = None
 
     def __post_init__(self) -> None:
         check_address(self.address)
+        check_exposure(self.address, self.secret, self.insecure, "slave")
         if self.concurrency < 1:
             raise ConfigError(f"--concurrency must be at least 1, got {self.concurrency}")

@@ -19,23 +19,26 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.event
 
 from . import protocol as p
+from . import sized
 from .config import (
     CHECKPOINT_INTERVAL_S,
     HEARTBEAT_INTERVAL_S,
     MAX_MESSAGE_BYTES,
     MasterConfig,
+    signing_key,
 )
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, ConfigError, UserCodeError
 from .ledger import Batch, Failure, Ledger
 from .progress import Progress, Snapshot
-from .state import Checkpoint, FailureLog, StateFile, safe_repr
-from .transport import MasterSocket
+from .state import Checkpoint, FailureLog, StateFile, read_failures, safe_repr
+from .transport import MasterSocket, load_curve
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ TICK_S = 0.25
 DONE_LINGER_S = 1.0
 """After the run, how long DONE messages get to reach the slaves before the socket closes."""
 DROP_LOG_INTERVAL_S = 10.0
+WELCOME_REPEAT_S = 0.5
+"""Least time between two WELCOMEs to one slave: knocks are not answered more often."""
+MAX_TRACKED_SENDERS = 100_000
 
 
 @dataclass
@@ -102,20 +108,28 @@ def open_stream(get_jobs: Callable[..., Any], kwargs: dict[str, str],
                             traceback.format_exc()) from None
 
 
+def _recorded_jobs(path: Path, cp: Checkpoint | None) -> Any:
+    """The jobs of a failures file, from the resume point on (its position in the file)."""
+    jobs = [job for _seq, job in read_failures(path)]
+    start = cp.resume_seq if cp is not None and cp.has_resume else 0
+    log.info("retrying %d recorded jobs from %s", len(jobs) - start, path)
+    return sized(iter(jobs[start:]), total=len(jobs) - start)
+
+
 class Master:
     """One run's master. `run()` returns the exit status."""
 
     def __init__(self, cfg: MasterConfig, get_jobs: Callable[..., Any], *,
-                 key: bytes | None = None,
                  on_bound: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.get_jobs = get_jobs
-        self.key = key
+        self.key = signing_key(cfg.secret)
         self.on_bound = on_bound
         self.epoch = p.new_epoch()
         self.slaves: dict[bytes, SlaveInfo] = {}
         self._waiting: set[bytes] = set()  # slaves with credit left and nothing to give them
-        self._welcomes: dict[bytes, int] = {}  # session offered to a slave not yet READY
+        self._welcomes: dict[bytes, tuple[int, float]] = {}  # offered session, when
+        self._counters: dict[bytes, int] = {}  # last counter seen from each sender
         self._sessions = itertools.count(1)
         self._counter = itertools.count(1)
         self._room = gevent.event.Event()
@@ -148,14 +162,18 @@ class Master:
                      if cp and cp.has_resume else "")
             self._base = cp or Checkpoint()
             self._base.target, self._base.kwargs = self.cfg.target.spec, self.cfg.kwargs
-            stream = open_stream(self.get_jobs, self.cfg.kwargs, cp)
+            if self.cfg.retry_failures is not None:
+                stream = _recorded_jobs(self.cfg.retry_failures, cp)
+            else:
+                stream = open_stream(self.get_jobs, self.cfg.kwargs, cp)
             hint = operator.length_hint(stream, -1)
             first = self._base.resume_seq if self._base.has_resume else 0
             self.total = first + hint if hint >= 0 else None
             self.ledger = Ledger(self.cfg.size, first_seq=first,
                                  max_retries=self.cfg.max_retries, max_deaths=self.cfg.max_deaths)
             self.failures = FailureLog(self.cfg.failures_path)
-            self.sock = MasterSocket(self.cfg.address, MAX_MESSAGE_BYTES)
+            curve = load_curve(self.cfg.curve_dir, "master") if self.cfg.curve_dir else None
+            self.sock = MasterSocket(self.cfg.address, MAX_MESSAGE_BYTES, curve)
             try:
                 return self._serve(state, _Guarded(stream))
             finally:
@@ -163,7 +181,7 @@ class Master:
                 self.sock.close(DONE_LINGER_S)
 
     def _serve(self, state: StateFile, stream: _Guarded) -> int:
-        log.info("master listening on %s", self.sock.address)
+        log.info("master listening on %s (%s)", self.sock.address, _security(self.cfg))
         if self.on_bound:
             self.on_bound(self.sock.address)
         progress = Progress(self.snapshot, enabled=self.cfg.progress)
@@ -270,21 +288,37 @@ class Master:
             except p.ProtocolError as e:
                 self._drop(ident, str(e))
                 continue
-            now = time.monotonic()
-            if msg.kind == p.HEARTBEAT:
-                self._on_heartbeat(msg, now)
+            if self.key is not None and not self._fresh(ident, msg.counter):
+                self._drop(ident, "replayed message")
                 continue
+            now = time.monotonic()
             slave = self.slaves.get(ident)
-            if msg.kind == p.READY and msg.epoch == self.epoch:
-                self._on_ready(ident, slave, msg, now)
-            elif slave is None or msg.epoch != self.epoch:
-                self._welcome(ident)
-            else:
-                slave.last_seen = now
-                try:
+            try:
+                if msg.kind == p.HEARTBEAT:
+                    self._on_heartbeat(msg, now)
+                elif msg.kind == p.READY and msg.epoch == self.epoch:
+                    self._on_ready(ident, slave, msg, now)
+                elif slave is None or msg.epoch != self.epoch:
+                    # From an earlier run, or a slave we gave up on: its heartbeat will be
+                    # answered with WELCOME, and then it starts afresh.
+                    self.ledger.stale_acks += msg.kind == p.ACK
+                else:
+                    slave.last_seen = now
                     handlers[msg.kind](ident, slave, msg, now)
-                except (TypeError, ValueError) as e:
-                    self._drop(ident, f"bad {msg.kind.decode()} body: {e}")
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+                # Authentic but ill-formed (or unauthenticated on a secret-less loopback run):
+                # the body is plain JSON, so nothing worse than a wrong shape can arrive.
+                self._drop(ident, f"bad {msg.kind.decode()} body: {type(e).__name__}")
+
+    def _fresh(self, ident: bytes, counter: int) -> bool:
+        """Each sender's counter only grows; a repeat is a replayed capture."""
+        if counter <= self._counters.get(ident, 0):
+            return False
+        if len(self._counters) > MAX_TRACKED_SENDERS:
+            # Only authenticated senders get here, so this is many slaves over a long run.
+            self._counters.clear()
+        self._counters[ident] = counter
+        return True
 
     def _drop(self, ident: bytes, why: str) -> None:
         self.dropped += 1
@@ -294,28 +328,29 @@ class Master:
             log.warning("dropped a message from %r: %s (%d dropped so far)",
                         ident[:40], why, self.dropped)
 
-    def _welcome(self, ident: bytes) -> None:
-        session = self._welcomes.setdefault(ident, next(self._sessions))
-        self._send(ident, p.WELCOME, session)
-
     def _on_heartbeat(self, msg: p.Message, now: float) -> None:
-        ident = msg.body
-        if not isinstance(ident, bytes):
-            self._drop(b"?", "bad heartbeat body")
-            return
+        name, nonce = msg.body
+        ident = str(name).encode("utf-8", "surrogateescape")
         slave = self.slaves.get(ident)
-        if slave is not None and msg.epoch == self.epoch:
-            slave.last_seen = now
-        elif ident not in self._welcomes:
-            # A slave we do not know (new, or one we gave up on): tell it to start afresh.
-            self._welcome(ident)
+        if slave is not None:
+            if msg.epoch == self.epoch:
+                slave.last_seen = now
+            return
+        # A slave we do not know (new, from an earlier run, or one we gave up on): tell it to
+        # start afresh. It accepts a WELCOME only if it echoes its latest nonce, so a late or
+        # replayed one cannot reset it a second time.
+        session, sent = self._welcomes.get(ident, (next(self._sessions), 0.0))
+        if now - sent >= WELCOME_REPEAT_S:
+            self._welcomes[ident] = (session, now)
+            self._send(ident, p.WELCOME, [session, str(nonce)])
+        if len(self._welcomes) > MAX_TRACKED_SENDERS:
+            self._welcomes.clear()
 
     def _on_ready(self, ident: bytes, slave: SlaveInfo | None, msg: p.Message,
                   now: float) -> None:
         session, credit, concurrency, host, pid = msg.body
         if slave is None:
-            if self._welcomes.get(ident) != session:
-                self._welcome(ident)
+            if self._welcomes.get(ident, (None,))[0] != session:
                 return
             del self._welcomes[ident]
             slave = self.slaves[ident] = SlaveInfo(ident, str(host), int(pid), int(concurrency))
@@ -475,6 +510,12 @@ class Master:
         return Snapshot(done=done, failed=self._base.failed + ledger.failed, total=self.total,
                         buffered=ledger.buffered, leased=ledger.leased,
                         slaves=len(self.slaves), dropped=self.dropped)
+
+
+def _security(cfg: MasterConfig) -> str:
+    if cfg.secret is None:
+        return "no shared secret: loopback only" if not cfg.insecure else "INSECURE: unsigned"
+    return "signed with the shared secret" + (", Curve-encrypted" if cfg.curve_dir else "")
 
 
 def _unpicklable(batch: Batch) -> UserCodeError:

@@ -6,10 +6,14 @@ A message is four frames::
 
 ``kind`` is one of the constants below. ``header`` is the run's epoch (8 random bytes chosen
 by each master start, so that messages meant for an earlier run are recognised) and a sender
-counter (so that a captured message cannot be replayed). ``body`` is a pickle. ``mac`` is an
-HMAC-SHA256 over the kind, header and body when a shared secret is set, else empty.
+counter (so that a captured message cannot be replayed). ``mac`` is an HMAC-SHA256 over the
+kind, header and body when a shared secret is set, else empty.
 
-`unpack` checks frame count, kind, sizes and the MAC *before* it unpickles anything, and raises
+``body`` is JSON for every kind but JOBS, whose body is a pickle of the user's jobs. So the
+master never unpickles anything that arrives from the network, secret or not; a slave unpickles
+only JOBS, and with a secret only once the MAC has verified.
+
+`unpack` checks frame count, kind, sizes and the MAC before it decodes anything, and raises
 `ProtocolError` for whatever does not fit; callers count and drop those. No zmq and no gevent
 here: this module is pure so that it can be tested and fuzzed on its own.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import pickle
 import struct
@@ -25,16 +30,17 @@ from dataclasses import dataclass
 from typing import Any
 
 # Slave -> master.
-READY = b"READY"  # body: (credit, concurrency, host, pid)  "send me up to `credit` more jobs"
-ACK = b"ACK"  # body: (done, credit); done = [(batch_id, failures), ...]
-HEARTBEAT = b"HB"  # body: slave_id (sent from a separate socket, so it names its slave)
+READY = b"READY"  # body: [session, credit, concurrency, host, pid]: "send me `credit` jobs"
+ACK = b"ACK"  # body: [done, credit]; done = [[batch_id, [[index, error], ...]], ...]
+HEARTBEAT = b"HB"  # body: [slave_id, nonce] (also sent from a second socket, so it names its
+#                    slave; the nonce is what a WELCOME must echo)
 BYE = b"BYE"  # body: [batch_id, ...] handed back unstarted; the slave is leaving
 # Master -> slave.
-WELCOME = b"WELCOME"  # body: None; "this is my epoch: forget the old run, send READY"
-JOBS = b"JOBS"  # body: (batch_id, jobs, isolate)
-PING = b"PING"  # body: None; the master is alive
-STOP = b"STOP"  # body: None; the master is stopping: start no more jobs
-DONE = b"DONE"  # body: (finished, failed); the run is complete: exit
+WELCOME = b"WELCOME"  # body: [session, nonce]; "this is my epoch: forget old leases, send READY"
+JOBS = b"JOBS"  # body (pickle): (batch_id, jobs, isolate)
+PING = b"PING"  # body: null; the master is alive
+STOP = b"STOP"  # body: null; the master is stopping: start no more jobs
+DONE = b"DONE"  # body: [finished, failed]; the run is complete: exit
 
 SLAVE_KINDS = frozenset({READY, ACK, HEARTBEAT, BYE})
 MASTER_KINDS = frozenset({WELCOME, JOBS, PING, STOP, DONE})
@@ -76,7 +82,10 @@ def pack(kind: bytes, body: Any, *, epoch: bytes, counter: int = 0,
          key: bytes | None = None) -> list[bytes]:
     """Encode one message as its frames."""
     header = _HEADER.pack(epoch, counter)
-    payload = pickle.dumps(body, PICKLE_PROTOCOL)
+    if kind == JOBS:
+        payload = pickle.dumps(body, PICKLE_PROTOCOL)
+    else:
+        payload = json.dumps(body, separators=(",", ":")).encode()
     mac = _mac(key, kind, header, payload) if key else b""
     return [kind, header, payload, mac]
 
@@ -104,7 +113,7 @@ def unpack(frames: list[bytes], *, key: bytes | None = None,
         raise ProtocolError("signed message, but no shared secret is set here")
     epoch, counter = _HEADER.unpack(header)
     try:
-        body = pickle.loads(payload)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a malformed message
+        body = pickle.loads(payload) if kind == JOBS else json.loads(payload)
+    except Exception as e:  # noqa: BLE001 - any decoding failure is a malformed message
         raise ProtocolError(f"undecodable body: {type(e).__name__}") from None
     return Message(kind, epoch, counter, body)

@@ -9,6 +9,7 @@ separate OS thread, so a callback that never yields does not make the slave look
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -32,9 +33,10 @@ from .config import (
     PROGRESS_LOG_INTERVAL_S,
     SLAVE_WORK_AHEAD_S,
     SlaveConfig,
+    signing_key,
 )
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
-from .transport import SlaveSocket, start_heartbeat_thread
+from .transport import SlaveSocket, load_curve, start_heartbeat_thread
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +104,18 @@ def describe_error(e: BaseException) -> dict[str, str]:
 class Slave:
     """One slave process's work. `run()` returns the exit status."""
 
-    def __init__(self, cfg: SlaveConfig, handle_job: Callable[[Any], Any], *,
-                 key: bytes | None = None) -> None:
+    def __init__(self, cfg: SlaveConfig, handle_job: Callable[[Any], Any]) -> None:
         self.cfg = cfg
         self.handle_job = handle_job
-        self.key = key
+        self.key = signing_key(cfg.secret)
+        self.curve = load_curve(cfg.curve_dir, "slave") if cfg.curve_dir else None
         self.host = socket.gethostname()
         self.ident = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}".encode()
         self.epoch = NO_EPOCH
         self.session = 0
+        self.nonce = uuid.uuid4().hex
+        self._master_counter = 0
+        self._beats = itertools.count(1)
         self.granted = 0  # credit the master has and has not used yet
         self.held = 0  # jobs here, queued or running
         self.window = 2 * cfg.concurrency
@@ -132,9 +137,9 @@ class Slave:
 
     def run(self) -> int:
         """Work until the master says the run is done, a signal, or the master is gone."""
-        self.sock = SlaveSocket(self.cfg.address, self.ident)
+        self.sock = SlaveSocket(self.cfg.address, self.ident, self.curve)
         stop_beats = start_heartbeat_thread(self.cfg.address, self.ident, self._heartbeat_frames,
-                                            HEARTBEAT_INTERVAL_S)
+                                            HEARTBEAT_INTERVAL_S, self.curve)
         handlers = [gevent.signal_handler(s, self._on_signal, s)
                     for s in (signal.SIGINT, signal.SIGTERM)]
         workers = [gevent.spawn(self._worker) for _ in range(self.cfg.concurrency)]
@@ -163,7 +168,7 @@ class Slave:
                 self._handle(frames)
             elif self.epoch == NO_EPOCH:
                 # Knock until a master answers; it replies WELCOME to an unknown slave.
-                self._send(p.HEARTBEAT, self.ident)
+                self._send(p.HEARTBEAT, self._heartbeat_body())
             if now - self._last_heard > self.cfg.master_timeout_s:
                 log.error("no master at %s for %.0fs; giving up (is tm-master running there? "
                           "--master-timeout waits longer)", self.cfg.address,
@@ -184,7 +189,12 @@ class Slave:
             self._on_welcome(msg)
         elif msg.epoch != self.epoch:
             return  # meant for a run we have left
-        elif msg.kind == p.JOBS:
+        elif self.key is not None and msg.counter <= self._master_counter:
+            log.warning("dropped a replayed message from the master")
+            return
+        else:
+            self._master_counter = msg.counter
+        if msg.kind == p.JOBS:
             self._on_jobs(msg.epoch, *msg.body)
         elif msg.kind == p.STOP:
             log.info("master is stopping; handing back unstarted jobs")
@@ -197,11 +207,14 @@ class Slave:
             gevent.spawn(self._finish, EXIT_OK)
 
     def _on_welcome(self, msg: p.Message) -> None:
-        if (msg.epoch, msg.body) == (self.epoch, self.session):
-            return
+        session, nonce = msg.body
+        if nonce != self.nonce:
+            return  # an answer to an earlier knock, already taken (or a replay)
         if self.epoch != NO_EPOCH:
             log.warning("master restarted or lost track of this slave; rejoining")
-        self.epoch, self.session, self.granted, self._paused = msg.epoch, msg.body, 0, False
+        self.nonce = uuid.uuid4().hex
+        self.epoch, self.session, self.granted, self._paused = msg.epoch, session, 0, False
+        self._master_counter = msg.counter
         self._forget_leases()
         self._send(p.READY, (self.session, self._credit(), self.cfg.concurrency, self.host,
                              os.getpid()))
@@ -350,6 +363,10 @@ class Slave:
         self._counter += 1
         self.sock.send(p.pack(kind, body, epoch=self.epoch, counter=self._counter, key=self.key))
 
+    def _heartbeat_body(self) -> list[str]:
+        return [self.ident.decode("utf-8", "surrogateescape"), self.nonce]
+
     def _heartbeat_frames(self) -> list[bytes]:
-        # Runs on the heartbeat thread: reads two attributes, writes nothing of ours.
-        return p.pack(p.HEARTBEAT, self.ident, epoch=self.epoch, key=self.key)
+        # Runs on the heartbeat thread: reads attributes, and advances only its own counter.
+        return p.pack(p.HEARTBEAT, self._heartbeat_body(), epoch=self.epoch,
+                      counter=next(self._beats), key=self.key)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import gevent
 import gevent.monkey
@@ -40,8 +42,11 @@ def _fail(action: str, address: str, e: zmq.ZMQError) -> TransportError:
 class MasterSocket:
     """The master's ROUTER socket: bound, addressing each slave by its identity."""
 
-    def __init__(self, address: str, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, address: str, max_bytes: int = MAX_MESSAGE_BYTES,
+                 curve: Curve | None = None) -> None:
         self._sock = gzmq.Context.instance().socket(zmq.ROUTER)
+        if curve is not None:
+            curve.apply(self._sock, server=True)
         # Sending to a slave that has gone must raise, not vanish silently: it tells us the
         # slave is gone sooner than the lease timeout would.
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -79,8 +84,10 @@ class MasterSocket:
 class SlaveSocket:
     """A slave's DEALER socket: connects (and reconnects by itself) to the master."""
 
-    def __init__(self, address: str, identity: bytes) -> None:
+    def __init__(self, address: str, identity: bytes, curve: Curve | None = None) -> None:
         self._sock = gzmq.Context.instance().socket(zmq.DEALER)
+        if curve is not None:
+            curve.apply(self._sock, server=False)
         self._sock.setsockopt(zmq.IDENTITY, identity)
         # Messages are not queued for a master that is not there: a stale READY or ACK is
         # worthless to the next master, which starts a new epoch anyway.
@@ -119,7 +126,7 @@ class SlaveSocket:
 
 
 def start_heartbeat_thread(address: str, identity: bytes, make_frames: Callable[[], list[bytes]],
-                           interval_s: float) -> Callable[[], None]:
+                           interval_s: float, curve: Curve | None = None) -> Callable[[], None]:
     """Send ``make_frames()`` every ``interval_s`` from a real OS thread; return a stopper.
 
     A real thread with its own (non-gevent) socket keeps beating while a user's callback
@@ -133,6 +140,8 @@ def start_heartbeat_thread(address: str, identity: bytes, make_frames: Callable[
     def beat() -> None:
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
+        if curve is not None:
+            curve.apply(sock, server=False)
         sock.setsockopt(zmq.IDENTITY, identity + b"/heartbeat")
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.LINGER, 0)
@@ -151,3 +160,57 @@ def start_heartbeat_thread(address: str, identity: bytes, make_frames: Callable[
 
     start_thread(beat, ())
     return stopped.release
+
+
+@dataclass(frozen=True)
+class Curve:
+    """CurveZMQ keys: the master's public key, and this side's own key pair."""
+
+    server_public: bytes
+    public: bytes
+    secret: bytes
+
+    def apply(self, sock: zmq.Socket, server: bool) -> None:
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        if server:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+        else:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
+
+
+CURVE_NAMES = ("master", "slave")
+
+
+def make_curve_keys(directory: Path) -> list[Path]:
+    """Write a master and a slave key pair into ``directory``; return the files made."""
+    import zmq.auth
+
+    if not zmq.has("curve"):
+        raise TransportError("this libzmq was built without CurveZMQ support")
+    directory.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    for name in CURVE_NAMES:
+        public, secret = zmq.auth.create_certificates(str(directory), name)
+        Path(secret).chmod(0o600)
+        made += [Path(public), Path(secret)]
+    return made
+
+
+def load_curve(directory: Path, role: str) -> Curve:
+    """Keys for ``role`` ("master" or "slave") from a directory made by tm-keygen."""
+    import zmq.auth
+
+    def read(name: str) -> tuple[bytes, bytes | None]:
+        path = directory / name
+        try:
+            return zmq.auth.load_certificate(str(path))
+        except (OSError, ValueError) as e:
+            raise TransportError(f"cannot read Curve key {path} ({e}); "
+                                 "make keys with tm-keygen DIR") from None
+
+    server_public, _ = read("master.key")
+    public, secret = read(f"{role}.key_secret")
+    if secret is None:
+        raise TransportError(f"{directory / (role + '.key_secret')} holds no secret key")
+    return Curve(server_public, public, secret)
