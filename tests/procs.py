@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -83,7 +84,8 @@ class Proc:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"{self.argv} still running after {timeout}s:\n{self.output}")
+            raise AssertionError(
+                f"{self.argv} still running after {timeout}s:\n{self.output}") from None
         self._reader.join(5)
         return code
 
@@ -93,14 +95,10 @@ class Proc:
 
     def kill(self) -> None:
         """SIGKILL the whole process group (the command and anything it started)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
         self._reader.join(5)
 
 
