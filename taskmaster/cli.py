@@ -34,7 +34,7 @@ from .errors import EXIT_FAILED, EXIT_OK, ConfigError, TaskmasterError, UserCode
 log = logging.getLogger("taskmaster")
 
 SLAVE_EXIT_GRACE_S = 5.0
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
 def _option(*decls: str, **kwargs: Any) -> Callable[[Any], Any]:

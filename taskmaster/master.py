@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 FEED_CHUNK_JOBS = 2000
 """Jobs pulled from the stream per turn of the feeder before it lets the server run."""
 TICK_S = 0.25
-DONE_LINGER_S = 1.0
-"""After the run, how long DONE messages get to reach the slaves before the socket closes."""
+DONE_LINGER_S = 2.0
+"""After the run, how long the master waits for slaves to acknowledge DONE."""
 DROP_LOG_INTERVAL_S = 10.0
 WELCOME_REPEAT_S = 0.5
 """Least time between two WELCOMEs to one slave: knocks are not answered more often."""
@@ -178,7 +178,7 @@ class Master:
                 return self._serve(state, _Guarded(stream))
             finally:
                 self.failures.close()
-                self.sock.close(DONE_LINGER_S)
+                self.sock.close()
 
     def _serve(self, state: StateFile, stream: _Guarded) -> int:
         log.info("master listening on %s (%s)", self.sock.address, _security(self.cfg))
@@ -196,6 +196,8 @@ class Master:
             if self._stop_signal is not None or self._fatal is not None:
                 self._drain()
             self._checkpoint(state, force=True)
+            if self._stop_signal is None and self._fatal is None:
+                self._farewell()
         finally:
             gevent.killall(greenlets)
             for h in handlers:
@@ -214,7 +216,6 @@ class Master:
             log.warning("stopped by %s; state saved: restart to resume",
                         signal.Signals(self._stop_signal).name)
             return EXIT_SIGINT if self._stop_signal == signal.SIGINT else EXIT_SIGTERM
-        self._broadcast(p.DONE, (finished, failed))
         elapsed = time.monotonic() - self.started
         log.info("run complete: %d finished, %d failed in %.1fs", finished, failed, elapsed)
         if failed:
@@ -236,6 +237,16 @@ class Master:
         log.critical("internal error in %s", greenlet, exc_info=greenlet.exc_info)
         self._fatal = UserCodeError(f"internal error: {greenlet.exception!r}", "")
         self._finished.set()
+
+    def _farewell(self) -> None:
+        """Tell every slave the run is complete, and wait (bounded) for each to say goodbye:
+        closing the socket at once could drop those last messages."""
+        ledger = self.ledger
+        self._broadcast(p.DONE, [self._base.finished + ledger.finished,
+                                 self._base.failed + ledger.failed])
+        deadline = time.monotonic() + DONE_LINGER_S
+        while self.slaves and time.monotonic() < deadline:
+            gevent.sleep(0.01)
 
     def _drain(self) -> None:
         """Stop handing out work and wait (bounded) for what slaves hold to come back."""

@@ -44,7 +44,12 @@ PIECE_S = 0.01
 """Work one greenlet does in one turn before it lets the others (and the socket) run."""
 STOP_WAIT_S = 30.0
 """On SIGINT/SIGTERM, how long running jobs get to finish before the slave leaves anyway."""
-JOIN_RETRY_S = 0.2
+JOIN_RETRY_S = 0.05
+"""How often a slave knocks while no master has welcomed it (the heartbeat thread keeps
+knocking every second after the first few)."""
+JOIN_FAST_S = 5.0
+WAKE_S = 0.2
+"""Longest the serving loop sleeps without a message, so that it notices it should exit."""
 NO_EPOCH = bytes(p.EPOCH_BYTES)
 
 
@@ -160,13 +165,12 @@ class Slave:
     def _serve(self) -> None:
         last_log = time.monotonic()
         while self._exit is None:
-            timeout = JOIN_RETRY_S if self.epoch == NO_EPOCH else HEARTBEAT_INTERVAL_S
-            frames = self.sock.recv(timeout)
+            frames = self.sock.recv(JOIN_RETRY_S if self.epoch == NO_EPOCH else WAKE_S)
             now = time.monotonic()
             if frames is not None:
                 self._last_heard = now
                 self._handle(frames)
-            elif self.epoch == NO_EPOCH:
+            elif self.epoch == NO_EPOCH and now - self._last_heard < JOIN_FAST_S:
                 # Knock until a master answers; it replies WELCOME to an unknown slave.
                 self._send(p.HEARTBEAT, self._heartbeat_body())
             if now - self._last_heard > self.cfg.master_timeout_s:
@@ -204,6 +208,7 @@ class Slave:
             finished, failed = msg.body
             log.info("run complete (%d finished, %d failed); this slave ran %d", finished,
                      failed, self.done)
+            self._send(p.BYE, [])
             gevent.spawn(self._finish, EXIT_OK)
 
     def _on_welcome(self, msg: p.Message) -> None:
