@@ -37,6 +37,7 @@ class Progress:
         self._started = time.monotonic()
         self._last_log = self._started
         self._last_done = 0
+        self._last_rate = 0.0
         self._bar: progressbar.ProgressBar | None = None
         if enabled and sys.stderr.isatty():
             self._bar = self._make_bar(snapshot().total)
@@ -44,11 +45,10 @@ class Progress:
     @staticmethod
     def _make_bar(total: int | None) -> progressbar.ProgressBar:
         text = progressbar.FormatCustomText(
-            " failed %(failed)d | buffered %(buffered)d | leased %(leased)d | "
-            "slaves %(slaves)d ",
-            dict(failed=0, buffered=0, leased=0, slaves=0))
-        widgets: list[object] = [progressbar.Counter("%(value)d"), " done ",
-                                 progressbar.FileTransferSpeed(unit="jobs"), " |", text, "| ",
+            " %(rate)d jobs/s | failed %(failed)d | buffered %(buffered)d | "
+            "leased %(leased)d | slaves %(slaves)d ",
+            dict(rate=0, failed=0, buffered=0, leased=0, slaves=0))
+        widgets: list[object] = [progressbar.Counter("%(value)d"), " done |", text, "| ",
                                  progressbar.Timer("%(elapsed)s")]
         if total is not None:
             widgets += [" ", progressbar.Percentage(), " ", progressbar.Bar(), " ",
@@ -62,19 +62,26 @@ class Progress:
         if not self._enabled:
             return
         s = self._snapshot()
+        now = time.monotonic()
         if self._bar is not None:
             self._bar.custom_text.update_mapping(  # type: ignore[attr-defined]
-                failed=s.failed, buffered=s.buffered, leased=s.leased, slaves=s.slaves)
+                rate=self._rate(s, now), failed=s.failed, buffered=s.buffered,
+                leased=s.leased, slaves=s.slaves)
             self._bar.update(min(s.done, s.total) if s.total is not None else s.done)
             return
-        now = time.monotonic()
         if now - self._last_log >= PROGRESS_LOG_INTERVAL_S:
-            rate = (s.done - self._last_done) / (now - self._last_log)
-            self._last_log, self._last_done = now, s.done
+            rate = self._rate(s, now)
             of_total = f"/{s.total}" if s.total is not None else ""
             log.info("%d%s done (%d failed), %.0f jobs/s, buffered %d, leased %d, slaves %d, "
                      "%.0fs elapsed", s.done, of_total, s.failed, rate, s.buffered, s.leased,
                      s.slaves, now - self._started)
+
+    def _rate(self, s: Snapshot, now: float) -> float:
+        """Jobs per second since the last call that was at least a second ago."""
+        if now - self._last_log >= 1.0:
+            self._last_rate = (s.done - self._last_done) / (now - self._last_log)
+            self._last_log, self._last_done = now, s.done
+        return self._last_rate
 
     def close(self) -> None:
         if self._bar is not None:
