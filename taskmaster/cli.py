@@ -33,7 +33,8 @@ from .errors import EXIT_FAILED, EXIT_OK, ConfigError, TaskmasterError, UserCode
 
 log = logging.getLogger("taskmaster")
 
-SLAVE_EXIT_GRACE_S = 5.0
+SLAVE_EXIT_GRACE_S = 1.0
+"""After a complete run, how long tm-run lets its slaves leave by themselves."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 

@@ -12,6 +12,7 @@ among buffered, leased, retrying and handed-back jobs, or the next job the strea
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ class Ledger:
         self.retried = 0
         self.redispatched = 0
         self.stale_acks = 0
+        self._failed_seqs: list[int] = []  # a heap of failures the resume point has not passed
+        self._failed_passed = 0
         self._bids = itertools.count(1)
         self._peek: list[Any] = []  # zero or one job: the next one the stream yields
         self._buffer: deque[Batch] = deque()  # fresh jobs, in stream order
@@ -169,8 +172,7 @@ class Ledger:
             attempts = batch.attempts + 1
             seq, job = batch.start + index, batch.jobs[index]
             if attempts > self.max_retries:
-                self.failed += 1
-                final.append(Failure(seq, job, attempts, slave, error))
+                self._fail(Failure(seq, job, attempts, slave, error), final)
             else:
                 self.retried += 1
                 self._retrying.append(Batch(0, seq, [job], attempts, batch.deaths,
@@ -195,16 +197,27 @@ class Ledger:
             for i, job in enumerate(batch.jobs):
                 single = Batch(0, batch.start + i, [job], batch.attempts, batch.deaths + 1)
                 if single.deaths >= self.max_deaths:
-                    self.failed += 1
-                    final.append(Failure(single.start, job, single.attempts + 1, slave, {
+                    self._fail(Failure(single.start, job, single.attempts + 1, slave, {
                         "type": "SlaveDied",
                         "message": f"its slave died while running it ({single.deaths} times)",
                         "traceback": "",
-                    }))
+                    }), final)
                 else:
                     self._ready.append(single)
                     self.redispatched += 1
         return final
+
+    def _fail(self, failure: Failure, final: list[Failure]) -> None:
+        self.failed += 1
+        heapq.heappush(self._failed_seqs, failure.seq)
+        final.append(failure)
+
+    def failed_before(self, seq: int) -> int:
+        """Failures recorded so far with a sequence number below ``seq`` (which only grows)."""
+        while self._failed_seqs and self._failed_seqs[0] < seq:
+            heapq.heappop(self._failed_seqs)
+            self._failed_passed += 1
+        return self._failed_passed
 
     def _unlease(self, batch: Batch) -> None:
         del self.leases[batch.bid]

@@ -135,8 +135,10 @@ class Master:
         self._room = gevent.event.Event()
         self._finished = gevent.event.Event()
         self._stop_signal: int | None = None
+        self._complete = False
         self._fatal: UserCodeError | None = None
         self._base = Checkpoint()
+        self._base_finished = self._base_failed = 0
         self._last_saved: tuple[Any, ...] | None = None
         self.dropped = 0
         self._dropped_logged = 0.0
@@ -161,6 +163,10 @@ class Master:
                      f" (resuming at job #{cp.resume_seq}: {safe_repr(cp.resume_job, 80)})"
                      if cp and cp.has_resume else "")
             self._base = cp or Checkpoint()
+            if self._base.has_resume:
+                # Everything before the resume point is settled; everything after runs again.
+                self._base_failed = self._base.failed_before
+                self._base_finished = self._base.resume_seq - self._base_failed
             self._base.target, self._base.kwargs = self.cfg.target.spec, self.cfg.kwargs
             if self.cfg.retry_failures is not None:
                 stream = _recorded_jobs(self.cfg.retry_failures, cp)
@@ -205,9 +211,17 @@ class Master:
             progress.close()
         return self._outcome()
 
+    @property
+    def finished(self) -> int:
+        """Jobs of the run that succeeded, each counted once across restarts."""
+        return self._base_finished + self.ledger.finished
+
+    @property
+    def failed(self) -> int:
+        return self._base_failed + self.ledger.failed
+
     def _outcome(self) -> int:
-        failed = self._base.failed + self.ledger.failed
-        finished = self._base.finished + self.ledger.finished
+        failed, finished = self.failed, self.finished
         if self._fatal is not None:
             log.error("%s\n%s", self._fatal, self._fatal.user_traceback.rstrip())
             log.error("run stopped; state saved: restart to resume")
@@ -241,9 +255,8 @@ class Master:
     def _farewell(self) -> None:
         """Tell every slave the run is complete, and wait (bounded) for each to say goodbye:
         closing the socket at once could drop those last messages."""
-        ledger = self.ledger
-        self._broadcast(p.DONE, [self._base.finished + ledger.finished,
-                                 self._base.failed + ledger.failed])
+        self._complete = True
+        self._broadcast(p.DONE, [self.finished, self.failed, None])
         deadline = time.monotonic() + DONE_LINGER_S
         while self.slaves and time.monotonic() < deadline:
             gevent.sleep(0.01)
@@ -346,6 +359,10 @@ class Master:
         if slave is not None:
             if msg.epoch == self.epoch:
                 slave.last_seen = now
+            return
+        if self._complete:
+            # A slave that knocks while we say goodbye learns that there is nothing left.
+            self._send(ident, p.DONE, [self.finished, self.failed, str(nonce)])
             return
         # A slave we do not know (new, from an earlier run, or one we gave up on): tell it to
         # start afresh. It accepts a WELCOME only if it echoes its latest nonce, so a late or
@@ -496,18 +513,20 @@ class Master:
     def _checkpoint(self, state: StateFile, force: bool = False) -> None:
         ledger = self.ledger
         point = ledger.resume_point()
-        cp = Checkpoint(finished=self._base.finished + ledger.finished,
-                        failed=self._base.failed + ledger.failed,
+        cp = Checkpoint(finished=self.finished, failed=self.failed,
                         target=self._base.target, kwargs=self._base.kwargs)
         if point is not None:
             cp.resume_seq, cp.resume_job = point
             cp.has_resume = True
+            cp.failed_before = self._base_failed + ledger.failed_before(cp.resume_seq)
         elif ledger.exhausted:
             cp.resume_seq, cp.complete = ledger.next_seq, True
+            cp.failed_before = cp.failed
         else:
             # Nothing pulled from the stream yet: where we started is still where to resume.
             cp.resume_seq, cp.resume_job = self._base.resume_seq, self._base.resume_job
             cp.has_resume = self._base.has_resume
+            cp.failed_before = self._base.failed_before
         key = (cp.resume_seq, cp.has_resume, cp.finished, cp.failed, cp.complete)
         if key != self._last_saved or force:
             state.save(cp)
@@ -516,9 +535,7 @@ class Master:
     def snapshot(self) -> Snapshot:
         """The numbers the progress display shows."""
         ledger = self.ledger
-        done = (self._base.resume_seq if self._base.has_resume else 0) + ledger.finished \
-            + ledger.failed
-        return Snapshot(done=done, failed=self._base.failed + ledger.failed, total=self.total,
+        return Snapshot(done=self.finished + self.failed, failed=self.failed, total=self.total,
                         buffered=ledger.buffered, leased=ledger.leased,
                         slaves=len(self.slaves), dropped=self.dropped)
 

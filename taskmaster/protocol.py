@@ -40,7 +40,7 @@ WELCOME = b"WELCOME"  # body: [session, nonce]; "this is my epoch: forget old le
 JOBS = b"JOBS"  # body (pickle): (batch_id, jobs, isolate)
 PING = b"PING"  # body: null; the master is alive
 STOP = b"STOP"  # body: null; the master is stopping: start no more jobs
-DONE = b"DONE"  # body: [finished, failed]; the run is complete: exit
+DONE = b"DONE"  # body: [finished, failed, nonce or null]; the run is complete: exit
 
 SLAVE_KINDS = frozenset({READY, ACK, HEARTBEAT, BYE})
 MASTER_KINDS = frozenset({WELCOME, JOBS, PING, STOP, DONE})

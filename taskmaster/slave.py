@@ -191,6 +191,8 @@ class Slave:
             return
         if msg.kind == p.WELCOME:
             self._on_welcome(msg)
+        elif msg.kind == p.DONE and msg.body[2] == self.nonce:
+            pass  # the answer to our knock, from a master that has just finished its run
         elif msg.epoch != self.epoch:
             return  # meant for a run we have left
         elif self.key is not None and msg.counter <= self._master_counter:
@@ -205,7 +207,7 @@ class Slave:
             self._paused = True
             self._hand_back()
         elif msg.kind == p.DONE:
-            finished, failed = msg.body
+            finished, failed, _nonce = msg.body
             log.info("run complete (%d finished, %d failed); this slave ran %d", finished,
                      failed, self.done)
             self._send(p.BYE, [])
@@ -229,8 +231,11 @@ class Slave:
         if self._stopping:
             os._exit(code)  # second signal: leave now; the master re-runs what we held
         self._stopping = True
-        log.warning("%s: finishing running jobs, handing back the rest",
-                    signal.Signals(signum).name)
+        if self.held:
+            log.warning("%s: finishing running jobs, handing back the rest",
+                        signal.Signals(signum).name)
+        else:
+            log.info("%s: leaving", signal.Signals(signum).name)
         self._paused = True
         self._hand_back()
         gevent.spawn(self._finish, code)

@@ -1,7 +1,8 @@
 """Local supervision of slave processes, for tm-spawn and tm-run.
 
-A slave that exits 0 is done (the run is complete). One that dies otherwise is restarted with a
-doubling delay, a bounded number of times; the supervisor's status is the worst of its slaves.
+A slave that exits by its own decision (the run is complete, no master, a bad target, a stop
+signal) stays down. One that dies (killed, or a callback's os._exit) is restarted with a
+doubling delay, a bounded number of times. The supervisor's status is the worst of its slaves.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import gevent
 
-from .errors import EXIT_FAILED, EXIT_OK
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ class _Child:
     restarts: int = 0
     restart_at: float | None = None
     status: int | None = None
+
+
+def _died(returncode: int) -> bool:
+    """Killed by a signal, or an exit status a slave never chooses (such as a callback's
+    os._exit): a death worth a restart. A slave's own verdicts (done, no master, bad
+    target, stopped) are final."""
+    return returncode < 0 or returncode not in (EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT,
+                                                EXIT_SIGTERM)
 
 
 def _status(returncode: int) -> int:
@@ -78,7 +87,7 @@ class Supervisor:
             code = c.proc.poll()
             if code is None:
                 alive = True
-            elif code == EXIT_OK or self.stopping or c.restarts >= MAX_RESTARTS:
+            elif not _died(code) or self.stopping or c.restarts >= MAX_RESTARTS:
                 c.status = _status(code)
                 if code != EXIT_OK and not self.stopping:
                     log.error("slave %d (pid %d) exited with %d; restarted %d times already, "

@@ -29,6 +29,9 @@ class Checkpoint:
     """False on a fresh run (get_jobs is called without `last`) and once the run is complete."""
     finished: int = 0
     failed: int = 0
+    failed_before: int = 0
+    """Recorded failures before the resume point: with it, a restart counts each job once
+    (jobs after the resume point run again and are counted again)."""
     complete: bool = False
     target: str = ""
     kwargs: dict[str, str] | None = None
@@ -110,7 +113,8 @@ class StateFile:
             return Checkpoint(
                 resume_seq=int(data["resume_seq"]), resume_job=job,
                 has_resume=bool(data["has_resume"]), finished=int(data["finished"]),
-                failed=int(data["failed"]), complete=bool(data["complete"]),
+                failed=int(data["failed"]), failed_before=int(data.get("failed_before", 0)),
+                complete=bool(data["complete"]),
                 target=str(data.get("target", "")), kwargs=data.get("kwargs"),
             )
         except Exception as e:  # noqa: BLE001 - whatever is wrong, the answer is the same
