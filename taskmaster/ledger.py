@@ -83,6 +83,7 @@ class Ledger:
         self._ready: deque[Batch] = deque()  # handed back by a slave; served first
         self._retrying: list[Batch] = []  # failed once or more, waiting for their backoff
         self.leases: dict[int, Batch] = {}
+        self._suspect_holders: set[bytes] = set()  # slaves holding a job that killed a slave
         self.leased = 0
 
     # -- the stream side -------------------------------------------------------------------
@@ -116,8 +117,14 @@ class Ledger:
         out: list[Batch] = []
         if self._retrying:
             credit = self._take_retries(slave, credit, now, alone, out)
+        skipped: list[Batch] = []
         while credit > 0 and self._ready:
-            credit -= self._lease(self._ready.popleft(), slave, out)
+            batch = self._ready.popleft()
+            if batch.isolate and slave in self._suspect_holders:
+                skipped.append(batch)
+            else:
+                credit -= self._lease(batch, slave, out)
+        self._ready.extendleft(reversed(skipped))
         while credit > 0 and self._buffer:
             head = self._buffer[0]
             n = min(credit, self.max_batch, len(head.jobs))
@@ -137,7 +144,8 @@ class Ledger:
                       out: list[Batch]) -> int:
         keep: list[Batch] = []
         for batch in self._retrying:
-            if credit > 0 and batch.not_before <= now and (alone or batch.avoid != slave):
+            if (credit > 0 and batch.not_before <= now and (alone or batch.avoid != slave)
+                    and not (batch.isolate and slave in self._suspect_holders)):
                 credit -= self._lease(batch, slave, out)
             else:
                 keep.append(batch)
@@ -149,6 +157,10 @@ class Ledger:
         # (from a slave we gave up on) is then recognisably stale.
         batch.bid = next(self._bids)
         batch.slave = slave
+        if batch.isolate:
+            # One suspect per slave: if that slave dies too, no other job was held hostage
+            # beside the suspect (jobs queued behind it would be charged with its death).
+            self._suspect_holders.add(slave)
         self.leases[batch.bid] = batch
         self.leased += len(batch.jobs)
         out.append(batch)
@@ -162,13 +174,16 @@ class Ledger:
         if batch is None or batch.slave != slave:
             self.stale_acks += 1
             return []
+        indices = {index for index, _error in failures}
+        if len(indices) != len(failures) or not all(0 <= i < len(batch.jobs) for i in indices):
+            raise ValueError(f"acknowledgement of batch {bid} names jobs it does not hold")
         del self.leases[bid]
         self.leased -= len(batch.jobs)
+        if batch.isolate:
+            self._suspect_holders.discard(slave)
         self.finished += len(batch.jobs) - len(failures)
         final: list[Failure] = []
         for index, error in failures:
-            if not 0 <= index < len(batch.jobs):
-                continue
             attempts = batch.attempts + 1
             seq, job = batch.start + index, batch.jobs[index]
             if attempts > self.max_retries:
@@ -222,6 +237,8 @@ class Ledger:
     def _unlease(self, batch: Batch) -> None:
         del self.leases[batch.bid]
         self.leased -= len(batch.jobs)
+        if batch.isolate and batch.slave is not None:
+            self._suspect_holders.discard(batch.slave)
         batch.slave = None
 
     # -- the checkpoint side ---------------------------------------------------------------

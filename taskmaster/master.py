@@ -38,7 +38,7 @@ from .errors import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, ConfigError
 from .ledger import Batch, Failure, Ledger
 from .progress import Progress, Snapshot
 from .state import Checkpoint, FailureLog, StateFile, read_failures, safe_repr
-from .transport import MasterSocket, load_curve
+from .transport import HEARTBEAT_SUFFIX, MasterSocket, load_curve
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ DROP_LOG_INTERVAL_S = 10.0
 WELCOME_REPEAT_S = 0.5
 """Least time between two WELCOMEs to one slave: knocks are not answered more often."""
 MAX_TRACKED_SENDERS = 100_000
+MAX_ERROR_CHARS = 100_000
+"""Longest error text (a traceback, usually) kept from a slave's report."""
 
 
 @dataclass
@@ -319,7 +321,7 @@ class Master:
             slave = self.slaves.get(ident)
             try:
                 if msg.kind == p.HEARTBEAT:
-                    self._on_heartbeat(msg, now)
+                    self._on_heartbeat(ident, msg, now)
                 elif msg.kind == p.READY and msg.epoch == self.epoch:
                     self._on_ready(ident, slave, msg, now)
                 elif slave is None or msg.epoch != self.epoch:
@@ -329,7 +331,8 @@ class Master:
                 else:
                     slave.last_seen = now
                     handlers[msg.kind](ident, slave, msg, now)
-            except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError,
+                    OverflowError) as e:
                 # Authentic but ill-formed (or unauthenticated on a secret-less loopback run):
                 # the body is plain JSON, so nothing worse than a wrong shape can arrive.
                 self._drop(ident, f"bad {msg.kind.decode()} body: {type(e).__name__}")
@@ -352,9 +355,14 @@ class Master:
             log.warning("dropped a message from %r: %s (%d dropped so far)",
                         ident[:40], why, self.dropped)
 
-    def _on_heartbeat(self, msg: p.Message, now: float) -> None:
+    def _on_heartbeat(self, sender: bytes, msg: p.Message, now: float) -> None:
         name, nonce = msg.body
         ident = str(name).encode("utf-8", "surrogateescape")
+        if sender not in (ident, ident + HEARTBEAT_SUFFIX):
+            # The MAC does not cover the connection's identity, which a peer picks itself:
+            # only the slave's own two sockets may speak for it, or a replayed heartbeat could
+            # keep a dead slave's leases alive forever.
+            raise ValueError("heartbeat names another slave")
         slave = self.slaves.get(ident)
         if slave is not None:
             if msg.epoch == self.epoch:
@@ -377,24 +385,25 @@ class Master:
     def _on_ready(self, ident: bytes, slave: SlaveInfo | None, msg: p.Message,
                   now: float) -> None:
         session, credit, concurrency, host, pid = msg.body
+        credit, concurrency, pid = _count(credit), _count(concurrency), _count(pid)
         if slave is None:
             if self._welcomes.get(ident, (None,))[0] != session:
                 return
             del self._welcomes[ident]
-            slave = self.slaves[ident] = SlaveInfo(ident, str(host), int(pid), int(concurrency))
+            slave = self.slaves[ident] = SlaveInfo(ident, str(host)[:200], pid, concurrency)
             log.info("slave %s joined (concurrency %d)", slave.name, slave.concurrency)
         slave.last_seen = now
-        slave.credit += int(credit)
+        slave.credit += credit
         self._dispatch(slave, now)
 
     def _on_ack(self, ident: bytes, slave: SlaveInfo, msg: p.Message, now: float) -> None:
-        done, credit = msg.body
+        done, credit = _parse_ack(msg.body)
         for bid, failures in done:
             final = self.ledger.ack(ident, bid, failures, now)
             if failures:
                 self._log_failures(slave, failures, final)
             self.failures.record(final)
-        slave.credit += int(credit)
+        slave.credit += credit
         if slave.leaving:
             if not any(b.slave == ident for b in self.ledger.leases.values()):
                 self._forget(slave)
@@ -529,7 +538,13 @@ class Master:
             cp.failed_before = self._base.failed_before
         key = (cp.resume_seq, cp.has_resume, cp.finished, cp.failed, cp.complete)
         if key != self._last_saved or force:
-            state.save(cp)
+            try:
+                state.save(cp)
+            except (pickle.PicklingError, TypeError, AttributeError) as e:
+                # The resume job itself cannot be pickled (the dispatcher reports it as the
+                # run's error); the last checkpoint written is still a safe resume point.
+                log.debug("checkpoint not written: %s", e)
+                return
             self._last_saved = key
 
     def snapshot(self) -> Snapshot:
@@ -538,6 +553,28 @@ class Master:
         return Snapshot(done=self.finished + self.failed, failed=self.failed, total=self.total,
                         buffered=ledger.buffered, leased=ledger.leased,
                         slaves=len(self.slaves), dropped=self.dropped)
+
+
+def _count(value: Any, most: int = 2**62) -> int:
+    """A whole number from a message, or ValueError: JSON also allows floats, bools, 1e999."""
+    if type(value) is not int or not 0 <= value <= most:
+        raise ValueError(f"expected a count, got {str(value)[:40]!r}")
+    return value
+
+
+def _parse_ack(body: Any) -> tuple[list[tuple[int, list[tuple[int, dict[str, str]]]]], int]:
+    """An ACK body, checked whole before any of it touches the ledger."""
+    done, credit = body
+    parsed = []
+    for bid, failures in done:
+        errors = []
+        for index, error in failures:
+            if not isinstance(error, dict):
+                raise ValueError("a failure's error is not an object")
+            errors.append((_count(index), {key: str(error.get(key, ""))[:MAX_ERROR_CHARS]
+                                           for key in ("type", "message", "traceback")}))
+        parsed.append((_count(bid), errors))
+    return parsed, _count(credit)
 
 
 def _security(cfg: MasterConfig) -> str:

@@ -215,8 +215,8 @@ class Slave:
 
     def _on_welcome(self, msg: p.Message) -> None:
         session, nonce = msg.body
-        if nonce != self.nonce:
-            return  # an answer to an earlier knock, already taken (or a replay)
+        if nonce != self.nonce or self._stopping:
+            return  # an answer to an earlier knock, already taken (or a replay); or leaving
         if self.epoch != NO_EPOCH:
             log.warning("master restarted or lost track of this slave; rejoining")
         self.nonce = uuid.uuid4().hex

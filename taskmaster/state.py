@@ -9,7 +9,7 @@ import os
 import pickle
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -125,9 +125,11 @@ class StateFile:
 
     def save(self, cp: Checkpoint) -> None:
         """Replace the checkpoint atomically: a crash leaves the old one or the new one."""
-        data = asdict(cp)
+        # Encoded first: a job that cannot be pickled raises here, before anything is written.
+        job = encode_job(cp.resume_job) if cp.has_resume else None
+        data = {f.name: getattr(cp, f.name) for f in fields(cp)}
         data["version"] = STATE_VERSION
-        data["resume_job"] = encode_job(cp.resume_job) if cp.has_resume else None
+        data["resume_job"] = job
         data["resume_repr"] = safe_repr(cp.resume_job) if cp.has_resume else None
         data["updated"] = time.time()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # few seconds so that a long outage does not mean a storm of connection attempts.
 RECONNECT_FIRST_MS = 100
 RECONNECT_MAX_MS = 4000
+HEARTBEAT_SUFFIX = b"/heartbeat"
+"""The heartbeat thread's socket is the slave's identity plus this."""
 # Bytes of headroom beyond the largest body for the small header, kind and signature frames.
 _FRAME_SLACK = 4096
 
@@ -142,7 +144,7 @@ def start_heartbeat_thread(address: str, identity: bytes, make_frames: Callable[
         sock = ctx.socket(zmq.DEALER)
         if curve is not None:
             curve.apply(sock, server=False)
-        sock.setsockopt(zmq.IDENTITY, identity + b"/heartbeat")
+        sock.setsockopt(zmq.IDENTITY, identity + HEARTBEAT_SUFFIX)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_FIRST_MS)

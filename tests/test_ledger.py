@@ -84,13 +84,28 @@ def test_lost_slave_jobs_go_out_again_one_by_one_until_max_deaths() -> None:
     ledger = fed(3, max_deaths=2)
     ledger.take(A, 3, now=0)
     assert ledger.lose(A) == []
-    singles = ledger.take(B, 10, now=0)
-    assert [(b.start, b.isolate) for b in singles] == [(0, True), (1, True), (2, True)]
-    ledger.ack(B, singles[0].bid, [], now=0)
-    ledger.ack(B, singles[2].bid, [], now=0)
+    # Each job is now a suspect, and a slave holds one suspect at a time.
+    (first,) = ledger.take(B, 10, now=0)
+    assert (first.start, first.isolate) == (0, True)
+    assert ledger.take(B, 10, now=0) == []
+    ledger.ack(B, first.bid, [], now=0)
+    (second,) = ledger.take(B, 10, now=0)
+    (third,) = ledger.take(A, 10, now=0)
+    assert (second.start, third.start) == (1, 2)
+    ledger.ack(A, third.bid, [], now=0)
     final = ledger.lose(B)  # job 1 killed a second slave
     assert [(f.seq, f.error["type"]) for f in final] == [(1, "SlaveDied")]
     assert ledger.complete and ledger.failed == 1 and ledger.finished == 2
+
+
+def test_a_suspect_does_not_hold_up_fresh_work() -> None:
+    ledger = Ledger(100)
+    ledger.feed([0, 1])
+    ledger.take(A, 1, now=0)
+    ledger.lose(A)
+    ledger.feed(list(range(2, 10)), exhausted=True)
+    batches = ledger.take(B, 100, now=0)
+    assert [(b.start, b.isolate) for b in batches] == [(0, True), (1, False)]
 
 
 def test_handed_back_batches_go_out_first_with_new_ids() -> None:
