@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gevent
 import gevent.monkey
+import gevent.queue
 import zmq
 import zmq.green as gzmq
 
@@ -72,9 +73,10 @@ class MasterSocket:
     def send(self, identity: bytes, frames: list[bytes]) -> bool:
         """Queue a message to one slave; False when that slave is not connected."""
         try:
-            self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+            self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
         except zmq.ZMQError as e:
             if e.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                log.warning("DEBUG send failed %s frames=%s", e, [len(f) for f in frames])
                 return False
             raise
         return True
@@ -88,6 +90,8 @@ class SlaveSocket:
 
     def __init__(self, address: str, identity: bytes, curve: Curve | None = None) -> None:
         self._sock = gzmq.Context.instance().socket(zmq.DEALER)
+        self._inbox: gevent.queue.Queue[list[bytes]] = gevent.queue.Queue()
+        self._receiver: gevent.Greenlet | None = None
         if curve is not None:
             curve.apply(self._sock, server=False)
         self._sock.setsockopt(zmq.IDENTITY, identity)
@@ -109,14 +113,23 @@ class SlaveSocket:
         # Not poll(): the socket's file descriptor is edge-triggered and a send from another
         # greenlet can consume the edge, leaving poll asleep with messages waiting. The green
         # recv re-checks the socket's events itself.
-        with gevent.Timeout(timeout_s, False):
-            return self._sock.recv_multipart()
-        return None
+        # Nor a timeout around recv_multipart: one that fires between the frames of a large
+        # message splits it. A greenlet of its own receives whole messages, with no timeout.
+        if self._receiver is None:
+            self._receiver = gevent.spawn(self._receive)
+        try:
+            return self._inbox.get(timeout=timeout_s)
+        except gevent.queue.Empty:
+            return None
+
+    def _receive(self) -> None:
+        while True:
+            self._inbox.put(self._sock.recv_multipart())
 
     def send(self, frames: list[bytes]) -> bool:
         """Send if the master is connected; False (message dropped) when it is not."""
         try:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.ZMQError as e:
             if e.errno == zmq.EAGAIN:
                 return False
@@ -124,6 +137,8 @@ class SlaveSocket:
         return True
 
     def close(self, linger_s: float = 0.0) -> None:
+        if self._receiver is not None:
+            self._receiver.kill()
         self._sock.close(linger=int(linger_s * 1000))
 
 
