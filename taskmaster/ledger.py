@@ -35,6 +35,7 @@ class Batch:
     slave: bytes | None = None
     not_before: float = 0.0
     avoid: bytes | None = None
+    leased_at: float = 0.0
 
     @property
     def isolate(self) -> bool:
@@ -123,7 +124,7 @@ class Ledger:
             if batch.isolate and slave in self._suspect_holders:
                 skipped.append(batch)
             else:
-                credit -= self._lease(batch, slave, out)
+                credit -= self._lease(batch, slave, out, now)
         self._ready.extendleft(reversed(skipped))
         while credit > 0 and self._buffer:
             head = self._buffer[0]
@@ -137,7 +138,7 @@ class Ledger:
             batch = Batch(0, head.start, jobs)
             head.start += n
             self.buffered -= n
-            credit -= self._lease(batch, slave, out)
+            credit -= self._lease(batch, slave, out, now)
         return out
 
     def _take_retries(self, slave: bytes, credit: int, now: float, alone: bool,
@@ -146,17 +147,18 @@ class Ledger:
         for batch in self._retrying:
             if (credit > 0 and batch.not_before <= now and (alone or batch.avoid != slave)
                     and not (batch.isolate and slave in self._suspect_holders)):
-                credit -= self._lease(batch, slave, out)
+                credit -= self._lease(batch, slave, out, now)
             else:
                 keep.append(batch)
         self._retrying = keep
         return credit
 
-    def _lease(self, batch: Batch, slave: bytes, out: list[Batch]) -> int:
+    def _lease(self, batch: Batch, slave: bytes, out: list[Batch], now: float) -> int:
         # A fresh id on every lease: an acknowledgement of an earlier lease of the same jobs
         # (from a slave we gave up on) is then recognisably stale.
         batch.bid = next(self._bids)
         batch.slave = slave
+        batch.leased_at = now
         if batch.isolate:
             # One suspect per slave: if that slave dies too, no other job was held hostage
             # beside the suspect (jobs queued behind it would be charged with its death).
@@ -202,6 +204,18 @@ class Ledger:
                 self._unlease(batch)
                 self._ready.append(batch)
                 self.redispatched += len(batch.jobs)
+
+    def reclaim(self, slave: bytes, held: set[int], leased_before: float) -> int:
+        """A live slave says which batches it holds; leases it does not hold, handed out long
+        enough ago to have arrived, were lost on the way (a dropped connection loses queued
+        messages silently) and go out again. Returns the number of jobs reclaimed."""
+        lost = [b for b in self.leases.values()
+                if b.slave == slave and b.bid not in held and b.leased_at < leased_before]
+        for batch in lost:
+            self._unlease(batch)
+            self._ready.append(batch)
+            self.redispatched += len(batch.jobs)
+        return sum(len(b.jobs) for b in lost)
 
     def lose(self, slave: bytes) -> list[Failure]:
         """A slave died or went silent holding leases. Its jobs go out again one by one, each

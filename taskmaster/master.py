@@ -356,7 +356,7 @@ class Master:
                         ident[:40], why, self.dropped)
 
     def _on_heartbeat(self, sender: bytes, msg: p.Message, now: float) -> None:
-        name, nonce = msg.body
+        name, nonce, held = msg.body
         ident = str(name).encode("utf-8", "surrogateescape")
         if sender not in (ident, ident + HEARTBEAT_SUFFIX):
             # The MAC does not cover the connection's identity, which a peer picks itself:
@@ -367,6 +367,7 @@ class Master:
         if slave is not None:
             if msg.epoch == self.epoch:
                 slave.last_seen = now
+                self._reconcile(slave, held, now)
             return
         if self._complete:
             # A slave that knocks while we say goodbye learns that there is nothing left.
@@ -381,6 +382,17 @@ class Master:
             self._send(ident, p.WELCOME, [session, str(nonce)])
         if len(self._welcomes) > MAX_TRACKED_SENDERS:
             self._welcomes.clear()
+
+    def _reconcile(self, slave: SlaveInfo, held: Any, now: float) -> None:
+        if held is None or slave.leaving or self.stopping:
+            return
+        bids = {_count(bid) for bid in held}
+        jobs = self.ledger.reclaim(slave.ident, bids, now - self.cfg.lease_timeout_s)
+        if jobs:
+            log.warning("slave %s does not hold %d jobs leased to it %.0fs ago (lost in "
+                        "transit); they go out again", slave.name, jobs,
+                        self.cfg.lease_timeout_s)
+            self._serve_waiting()
 
     def _on_ready(self, ident: bytes, slave: SlaveInfo | None, msg: p.Message,
                   now: float) -> None:

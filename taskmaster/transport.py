@@ -76,7 +76,6 @@ class MasterSocket:
             self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
         except zmq.ZMQError as e:
             if e.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
-                log.warning("DEBUG send failed %s frames=%s", e, [len(f) for f in frames])
                 return False
             raise
         return True

@@ -127,3 +127,13 @@ def test_buffer_room_is_bounded() -> None:
 def test_backoff_doubles_and_caps() -> None:
     assert backoff_s(1) < backoff_s(2) < backoff_s(3)
     assert backoff_s(100) == backoff_s(200)
+
+
+def test_leases_a_live_slave_does_not_hold_are_reclaimed_once_old_enough() -> None:
+    ledger = fed(30, max_batch=10)
+    first, second, third = ledger.take(A, 30, now=0)
+    assert ledger.reclaim(A, {first.bid}, leased_before=0) == 0  # too recent to judge
+    assert ledger.reclaim(A, {first.bid, third.bid}, leased_before=5) == 10
+    (again,) = ledger.take(B, 10, now=6)
+    assert again.start == second.start and not again.isolate
+    assert ledger.ack(A, second.bid, [], now=6) == [] and ledger.stale_acks == 1
