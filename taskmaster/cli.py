@@ -291,15 +291,29 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
         cfg = _master_config(script, pairs, address or "tcp://127.0.0.1:*", opts, no_progress)
         _slave_config(script, cfg.address, opts, no_progress)
         _green()
-        from .master import Master
-        from .spawn import Supervisor
+        import gevent
 
+        from .master import Master
+        from .spawn import POLL_S, Supervisor
+
+        get_jobs = _load(script, "get_jobs")
+        _load(script, "handle_job")  # a missing one is a usage error here, not N dead slaves
         supervisors: list[Supervisor] = []
 
         def start_slaves(bound: str) -> None:
-            supervisors.append(Supervisor(_slave_argv(script, bound, opts, log_level), n, env))
+            sup = Supervisor(_slave_argv(script, bound, opts, log_level), n, env)
+            supervisors.append(sup)
+            gevent.spawn(watch, sup)
 
-        code = Master(cfg, _load(script, "get_jobs"), on_bound=start_slaves).run()
+        def watch(sup: Supervisor) -> None:
+            # Restart slaves that die; if none is left, the run cannot go on.
+            while sup.poll():
+                gevent.sleep(POLL_S)
+            if sup.all_gave_up():
+                master.abort(f"all {n} slaves are down for good; see their messages above")
+
+        master = Master(cfg, get_jobs, on_bound=start_slaves)
+        code = master.run()
         for sup in supervisors:
             # After a complete run the slaves have been told so and leave by themselves.
             sup.stop(grace_s=SLAVE_EXIT_GRACE_S if code in (EXIT_OK, EXIT_FAILED) else 0)

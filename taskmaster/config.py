@@ -92,7 +92,7 @@ class Target:
         try:
             return importlib.import_module(self.location)
         except ModuleNotFoundError as e:
-            if e.name and self.location.startswith(e.name):
+            if e.name and (self.location == e.name or self.location.startswith(e.name + ".")):
                 raise ConfigError(
                     f"target {self.spec!r}: no module named {e.name!r}; "
                     "check the spelling, install it, or run from the directory that holds it"
@@ -137,7 +137,9 @@ def parse_kwargs(pairs: Sequence[str]) -> dict[str, str]:
 
 def default_state_path(target: Target, kwargs: dict[str, str]) -> Path:
     """The state file for this run: in the current directory, named from target and kwargs."""
-    identity = json.dumps([target.location, target.func, sorted(kwargs.items())])
+    # A file is named by its absolute path: ./jobs.py and jobs.py are the same run.
+    location = str(Path(target.location).resolve()) if target.is_path else target.location
+    identity = json.dumps([location, target.func, sorted(kwargs.items())])
     digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(target.location).stem if target.is_path
                   else target.location)
@@ -247,6 +249,9 @@ class MasterConfig:
         check_exposure(self.address, self.secret, self.insecure, "master")
         if self.size < 1:
             raise ConfigError(f"--size must be at least 1, got {self.size}")
+        if self.max_retries < 0 or self.max_deaths < 1 or self.stop_wait_s < 0:
+            raise ConfigError("--max-retries must be 0 or more, --max-deaths 1 or more, "
+                              "--stop-wait 0 or more")
         if self.lease_timeout_s <= HEARTBEAT_INTERVAL_S:
             raise ConfigError(
                 f"--lease-timeout must exceed the heartbeat interval ({HEARTBEAT_INTERVAL_S}s)"
@@ -280,3 +285,6 @@ class SlaveConfig:
         check_exposure(self.address, self.secret, self.insecure, "slave")
         if self.concurrency < 1:
             raise ConfigError(f"--concurrency must be at least 1, got {self.concurrency}")
+        if self.master_timeout_s <= 0 or (self.job_timeout_s is not None
+                                          and self.job_timeout_s <= 0):
+            raise ConfigError("--master-timeout and --job-timeout must be positive")

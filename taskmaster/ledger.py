@@ -63,7 +63,7 @@ class Ledger:
     """Where every job of the run is, from the stream to finished."""
 
     def __init__(self, size: int, *, first_seq: int = 0, max_retries: int = 3,
-                 max_deaths: int = 3, max_batch: int = MAX_BATCH_JOBS) -> None:
+                 max_deaths: int = 3, max_batch: int = MAX_BATCH_JOBS, first_bid: int = 1) -> None:
         self.size = size
         self.max_retries = max_retries
         self.max_deaths = max_deaths
@@ -77,21 +77,24 @@ class Ledger:
         self.stale_acks = 0
         self._failed_seqs: list[int] = []  # a heap of failures the resume point has not passed
         self._failed_passed = 0
-        self._bids = itertools.count(1)
+        self._bids = itertools.count(first_bid)
         self._peek: list[Any] = []  # zero or one job: the next one the stream yields
         self._buffer: deque[Batch] = deque()  # fresh jobs, in stream order
         self.buffered = 0
         self._ready: deque[Batch] = deque()  # handed back by a slave; served first
+        self._ready_jobs = 0
         self._retrying: list[Batch] = []  # failed once or more, waiting for their backoff
         self.leases: dict[int, Batch] = {}
+        self._held: dict[bytes, int] = {}  # jobs leased to each slave
         self._suspect_holders: set[bytes] = set()  # slaves holding a job that killed a slave
         self.leased = 0
 
     # -- the stream side -------------------------------------------------------------------
 
     def room(self) -> int:
-        """How many more jobs the buffer takes."""
-        return self.size - self.buffered
+        """How many more jobs the stream may add: retrying and handed-back jobs take room too,
+        so memory stays bounded however fast jobs fail."""
+        return self.size - self.buffered - len(self._retrying) - self._ready_jobs
 
     def feed(self, jobs: list[Any], exhausted: bool = False) -> None:
         """Take jobs just pulled from the stream, in order; ``exhausted`` once it has ended.
@@ -124,6 +127,7 @@ class Ledger:
             if batch.isolate and slave in self._suspect_holders:
                 skipped.append(batch)
             else:
+                self._ready_jobs -= len(batch.jobs)
                 credit -= self._lease(batch, slave, out, now)
         self._ready.extendleft(reversed(skipped))
         while credit > 0 and self._buffer:
@@ -159,6 +163,7 @@ class Ledger:
         batch.bid = next(self._bids)
         batch.slave = slave
         batch.leased_at = now
+        self._held[slave] = self._held.get(slave, 0) + len(batch.jobs)
         if batch.isolate:
             # One suspect per slave: if that slave dies too, no other job was held hostage
             # beside the suspect (jobs queued behind it would be charged with its death).
@@ -179,10 +184,7 @@ class Ledger:
         indices = {index for index, _error in failures}
         if len(indices) != len(failures) or not all(0 <= i < len(batch.jobs) for i in indices):
             raise ValueError(f"acknowledgement of batch {bid} names jobs it does not hold")
-        del self.leases[bid]
-        self.leased -= len(batch.jobs)
-        if batch.isolate:
-            self._suspect_holders.discard(slave)
+        self._unlease(batch)
         self.finished += len(batch.jobs) - len(failures)
         final: list[Failure] = []
         for index, error in failures:
@@ -202,7 +204,7 @@ class Ledger:
             batch = self.leases.get(bid)
             if batch is not None and batch.slave == slave:
                 self._unlease(batch)
-                self._ready.append(batch)
+                self._requeue(batch)
                 self.redispatched += len(batch.jobs)
 
     def reclaim(self, slave: bytes, held: set[int], leased_before: float) -> int:
@@ -213,7 +215,7 @@ class Ledger:
                 if b.slave == slave and b.bid not in held and b.leased_at < leased_before]
         for batch in lost:
             self._unlease(batch)
-            self._ready.append(batch)
+            self._requeue(batch)
             self.redispatched += len(batch.jobs)
         return sum(len(b.jobs) for b in lost)
 
@@ -232,9 +234,17 @@ class Ledger:
                         "traceback": "",
                     }), final)
                 else:
-                    self._ready.append(single)
+                    self._requeue(single)
                     self.redispatched += 1
         return final
+
+    def _requeue(self, batch: Batch) -> None:
+        self._ready.append(batch)
+        self._ready_jobs += len(batch.jobs)
+
+    def held_by(self, slave: bytes) -> int:
+        """Jobs leased to ``slave`` now."""
+        return self._held.get(slave, 0)
 
     def _fail(self, failure: Failure, final: list[Failure]) -> None:
         self.failed += 1
@@ -251,8 +261,14 @@ class Ledger:
     def _unlease(self, batch: Batch) -> None:
         del self.leases[batch.bid]
         self.leased -= len(batch.jobs)
-        if batch.isolate and batch.slave is not None:
-            self._suspect_holders.discard(batch.slave)
+        if batch.slave is not None:
+            left = self._held[batch.slave] - len(batch.jobs)
+            if left:
+                self._held[batch.slave] = left
+            else:
+                del self._held[batch.slave]
+            if batch.isolate:
+                self._suspect_holders.discard(batch.slave)
         batch.slave = None
 
     # -- the checkpoint side ---------------------------------------------------------------
@@ -264,8 +280,8 @@ class Ledger:
     @property
     def pending(self) -> int:
         """Jobs known to the ledger and not finished (the peek included)."""
-        ready = sum(len(b.jobs) for b in self._ready)
-        return self.buffered + self.leased + ready + len(self._retrying) + len(self._peek)
+        return (self.buffered + self.leased + self._ready_jobs + len(self._retrying)
+                + len(self._peek))
 
     def has_work(self) -> bool:
         """Something could be handed out right now or after a retry's backoff."""

@@ -14,6 +14,7 @@ import logging
 import operator
 import os
 import pickle
+import random
 import signal
 import time
 import traceback
@@ -31,6 +32,7 @@ from .config import (
     CHECKPOINT_INTERVAL_S,
     HEARTBEAT_INTERVAL_S,
     MAX_MESSAGE_BYTES,
+    MAX_WINDOW_JOBS,
     MasterConfig,
     signing_key,
 )
@@ -63,7 +65,8 @@ class SlaveInfo:
     host: str = "?"
     pid: int = 0
     concurrency: int = 0
-    credit: int = 0
+    window: int = 0
+    """Jobs the slave asks to hold at once (it measures how many keep it busy)."""
     last_seen: float = field(default_factory=time.monotonic)
     leaving: bool = False
 
@@ -97,7 +100,8 @@ def open_stream(get_jobs: Callable[..., Any], kwargs: dict[str, str],
     if cp is not None and cp.has_resume:
         call_kwargs["last"] = cp.resume_job
     try:
-        inspect.signature(get_jobs).bind(**call_kwargs)
+        # `last` is checked on a fresh run too: better now than at the first resume.
+        inspect.signature(get_jobs).bind(**{"last": None, **call_kwargs})
     except TypeError as e:
         raise ConfigError(f"get_jobs cannot take these arguments: {e}; "
                           "check the KEY=VALUE pairs and get_jobs' parameters") from None
@@ -138,6 +142,7 @@ class Master:
         self._finished = gevent.event.Event()
         self._stop_signal: int | None = None
         self._complete = False
+        self._broken = False
         self._fatal: UserCodeError | None = None
         self._base = Checkpoint()
         self._base_finished = self._base_failed = 0
@@ -177,7 +182,9 @@ class Master:
             hint = operator.length_hint(stream, -1)
             first = self._base.resume_seq if self._base.has_resume else 0
             self.total = first + hint if hint >= 0 else None
-            self.ledger = Ledger(self.cfg.size, first_seq=first,
+            # Batch ids start at random, so a slave still finishing a batch of an earlier master
+            # never confuses it with one of ours.
+            self.ledger = Ledger(self.cfg.size, first_seq=first, first_bid=random.getrandbits(48),
                                  max_retries=self.cfg.max_retries, max_deaths=self.cfg.max_deaths)
             self.failures = FailureLog(self.cfg.failures_path)
             curve = load_curve(self.cfg.curve_dir, "master") if self.cfg.curve_dir else None
@@ -203,7 +210,10 @@ class Master:
             self._finished.wait()
             if self._stop_signal is not None or self._fatal is not None:
                 self._drain()
-            self._checkpoint(state, force=True)
+            if not self._broken:
+                # After an internal error the ledger may be ahead of the failure records:
+                # the last periodic checkpoint is the safe one.
+                self._checkpoint(state, force=True)
             if self._stop_signal is None and self._fatal is None:
                 self._farewell()
         finally:
@@ -225,7 +235,8 @@ class Master:
     def _outcome(self) -> int:
         failed, finished = self.failed, self.finished
         if self._fatal is not None:
-            log.error("%s\n%s", self._fatal, self._fatal.user_traceback.rstrip())
+            trace = self._fatal.user_traceback.rstrip()
+            log.error("%s%s", self._fatal, "\n" + trace if trace else "")
             log.error("run stopped; state saved: restart to resume")
             return EXIT_FAILED
         if self._stop_signal is not None:
@@ -249,8 +260,15 @@ class Master:
         self._stop_signal = signum
         self._finished.set()
 
+    def abort(self, message: str) -> None:
+        """Stop the run as failed (saving its state), for a reason found outside the master."""
+        if not self.stopping:
+            self._fatal = UserCodeError(message, "")
+            self._finished.set()
+
     def _crashed(self, greenlet: gevent.Greenlet) -> None:
         log.critical("internal error in %s", greenlet, exc_info=greenlet.exc_info)
+        self._broken = True
         self._fatal = UserCodeError(f"internal error: {greenlet.exception!r}", "")
         self._finished.set()
 
@@ -396,8 +414,8 @@ class Master:
 
     def _on_ready(self, ident: bytes, slave: SlaveInfo | None, msg: p.Message,
                   now: float) -> None:
-        session, credit, concurrency, host, pid = msg.body
-        credit, concurrency, pid = _count(credit), _count(concurrency), _count(pid)
+        session, window, concurrency, host, pid = msg.body
+        window, concurrency, pid = _count(window), _count(concurrency), _count(pid)
         if slave is None:
             if self._welcomes.get(ident, (None,))[0] != session:
                 return
@@ -405,31 +423,31 @@ class Master:
             slave = self.slaves[ident] = SlaveInfo(ident, str(host)[:200], pid, concurrency)
             log.info("slave %s joined (concurrency %d)", slave.name, slave.concurrency)
         slave.last_seen = now
-        slave.credit += credit
+        slave.window = window
         self._dispatch(slave, now)
 
     def _on_ack(self, ident: bytes, slave: SlaveInfo, msg: p.Message, now: float) -> None:
-        done, credit = _parse_ack(msg.body)
+        done, window = _parse_ack(msg.body)
         for bid, failures in done:
             final = self.ledger.ack(ident, bid, failures, now)
             if failures:
                 self._log_failures(slave, failures, final)
             self.failures.record(final)
-        slave.credit += credit
         if slave.leaving:
-            if not any(b.slave == ident for b in self.ledger.leases.values()):
+            if not self.ledger.held_by(ident):
                 self._forget(slave)
-            return
-        self._dispatch(slave, now)
+        else:
+            slave.window = window
+            self._dispatch(slave, now)
         if self.ledger.exhausted:
             self._check_complete()
 
     def _on_bye(self, ident: bytes, slave: SlaveInfo, msg: p.Message, now: float) -> None:
         self.ledger.hand_back(ident, list(msg.body))
         slave.leaving = True
-        slave.credit = 0
+        slave.window = 0
         log.info("slave %s leaving", slave.name)
-        if not any(b.slave == ident for b in self.ledger.leases.values()):
+        if not self.ledger.held_by(ident):
             self._forget(slave)
         self._serve_waiting()
 
@@ -448,26 +466,35 @@ class Master:
     # -- dispatch --------------------------------------------------------------------------
 
     def _dispatch(self, slave: SlaveInfo, now: float) -> None:
-        if slave.credit <= 0 or slave.leaving or self.stopping:
+        if slave.leaving or self.stopping:
             return
-        batches = self.ledger.take(slave.ident, slave.credit, now, alone=len(self.slaves) == 1)
-        for batch in batches:
-            slave.credit -= len(batch.jobs)
-            if not self._send_batch(slave, batch):
+        # Absolute, not incremental, credit: what the slave asks to hold minus what it holds.
+        # A lost message then cannot leave master and slave disagreeing for good.
+        credit = min(slave.window, MAX_WINDOW_JOBS) - self.ledger.held_by(slave.ident)
+        if credit <= 0:
+            self._waiting.discard(slave.ident)
+            return
+        batches = self.ledger.take(slave.ident, credit, now, alone=self._takers() <= 1)
+        for i, batch in enumerate(batches):
+            credit -= len(batch.jobs)
+            if not self._send_batch(slave, batch, unsent=batches[i + 1:]):
                 return
-        if slave.credit > 0:
+        if credit > 0:
             self._waiting.add(slave.ident)
         else:
             self._waiting.discard(slave.ident)
         if batches and self.ledger.room() > 0:
             self._room.set()
 
-    def _send_batch(self, slave: SlaveInfo, batch: Batch) -> bool:
+    def _takers(self) -> int:
+        return sum(1 for s in self.slaves.values() if not s.leaving and s.window)
+
+    def _send_batch(self, slave: SlaveInfo, batch: Batch, unsent: list[Batch]) -> bool:
         try:
             frames = p.pack(p.JOBS, (batch.bid, batch.jobs, batch.isolate), epoch=self.epoch,
                             counter=next(self._counter), key=self.key)
         except Exception:  # noqa: BLE001 - a job that cannot be pickled is the user's error
-            self.ledger.hand_back(slave.ident, [batch.bid])
+            self.ledger.hand_back(slave.ident, [b.bid for b in (batch, *unsent)])
             self._fatal = _unpicklable(batch)
             self._finished.set()
             return False
@@ -516,8 +543,14 @@ class Master:
     def _tick(self, state: StateFile, progress: Progress) -> None:
         last_ping = last_checkpoint = 0.0
         while True:
+            before = time.monotonic()
             gevent.sleep(TICK_S)
             now = time.monotonic()
+            if now - before > self.cfg.lease_timeout_s / 2:
+                # We were the ones not listening (a get_jobs that blocked the hub, a slow
+                # disk): silence from slaves over that time says nothing about them.
+                for slave in self.slaves.values():
+                    slave.last_seen = max(slave.last_seen, now)
             for slave in list(self.slaves.values()):
                 if now - slave.last_seen > self.cfg.lease_timeout_s:
                     self._lose(slave, f"silent for {now - slave.last_seen:.0f}s")
@@ -576,7 +609,7 @@ def _count(value: Any, most: int = 2**62) -> int:
 
 def _parse_ack(body: Any) -> tuple[list[tuple[int, list[tuple[int, dict[str, str]]]]], int]:
     """An ACK body, checked whole before any of it touches the ledger."""
-    done, credit = body
+    done, window = body
     parsed = []
     for bid, failures in done:
         errors = []
@@ -586,7 +619,7 @@ def _parse_ack(body: Any) -> tuple[list[tuple[int, list[tuple[int, dict[str, str
             errors.append((_count(index), {key: str(error.get(key, ""))[:MAX_ERROR_CHARS]
                                            for key in ("type", "message", "traceback")}))
         parsed.append((_count(bid), errors))
-    return parsed, _count(credit)
+    return parsed, _count(window)
 
 
 def _security(cfg: MasterConfig) -> str:

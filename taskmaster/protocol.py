@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # Slave -> master.
-READY = b"READY"  # body: [session, credit, concurrency, host, pid]: "send me `credit` jobs"
-ACK = b"ACK"  # body: [done, credit]; done = [[batch_id, [[index, error], ...]], ...]
+READY = b"READY"  # body: [session, window, concurrency, host, pid]: "I hold up to `window`"
+ACK = b"ACK"  # body: [done, window]; done = [[batch_id, [[index, error], ...]], ...]
 HEARTBEAT = b"HB"  # body: [slave_id, nonce, held batch ids or null] (also sent from a second
 #                    socket, so it names its slave; the nonce is what a WELCOME must echo)
 BYE = b"BYE"  # body: [batch_id, ...] handed back unstarted; the slave is leaving

@@ -81,13 +81,17 @@ class _Isolation:
     def __init__(self) -> None:
         self.shared = 0
         self.exclusive = False
+        self.waiting = 0  # suspects waiting: new ordinary pieces wait behind them
         self._changed = gevent.event.Event()
 
     def enter(self, alone: bool) -> None:
-        while self.exclusive or (alone and self.shared):
+        if alone:
+            self.waiting += 1
+        while self.exclusive or (alone and self.shared) or (not alone and self.waiting):
             self._changed.clear()
             self._changed.wait()
         if alone:
+            self.waiting -= 1
             self.exclusive = True
         else:
             self.shared += 1
@@ -121,7 +125,6 @@ class Slave:
         self.nonce = uuid.uuid4().hex
         self._master_counter = 0
         self._beats = itertools.count(1)
-        self.granted = 0  # credit the master has and has not used yet
         self.held = 0  # jobs here, queued or running
         self.window = 2 * cfg.concurrency
         self.job_s = 0.001  # running estimate of one job's duration on one greenlet
@@ -180,8 +183,8 @@ class Slave:
                 self._exit = EXIT_FAILED
             if now - last_log >= PROGRESS_LOG_INTERVAL_S:
                 last_log = now
-                log.debug("%d jobs done, %d held, %d granted, window %d, %.2gs a job",
-                          self.done, self.held, self.granted, self.window, self.job_s)
+                log.debug("%d jobs done, %d held, window %d, %.2gs a job",
+                          self.done, self.held, self.window, self.job_s)
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -189,6 +192,13 @@ class Slave:
         except p.ProtocolError as e:
             log.warning("dropped a message from the master: %s", e)
             return
+        try:
+            self._dispatch(msg)
+        except (TypeError, ValueError, IndexError, KeyError) as e:
+            log.warning("dropped a %s message of the wrong shape: %s", msg.kind.decode(),
+                        type(e).__name__)
+
+    def _dispatch(self, msg: p.Message) -> None:
         if msg.kind == p.WELCOME:
             self._on_welcome(msg)
         elif msg.kind == p.DONE and msg.body[2] == self.nonce:
@@ -220,10 +230,10 @@ class Slave:
         if self.epoch != NO_EPOCH:
             log.warning("master restarted or lost track of this slave; rejoining")
         self.nonce = uuid.uuid4().hex
-        self.epoch, self.session, self.granted, self._paused = msg.epoch, session, 0, False
+        self.epoch, self.session, self._paused = msg.epoch, session, False
         self._master_counter = msg.counter
         self._forget_leases()
-        self._send(p.READY, (self.session, self._credit(), self.cfg.concurrency, self.host,
+        self._send(p.READY, (self.session, self._window(), self.cfg.concurrency, self.host,
                              os.getpid()))
 
     def _on_signal(self, signum: int) -> None:
@@ -257,19 +267,12 @@ class Slave:
 
     # -- credit and jobs -------------------------------------------------------------------
 
-    def _credit(self) -> int:
-        """Jobs to ask for now so that held + promised fills the window."""
-        if self._paused:
-            return 0
-        credit = self.window - self.held - self.granted
-        if credit <= 0:
-            return 0
-        self.granted += credit
-        return credit
+    def _window(self) -> int:
+        """How many jobs to hold at once (the master subtracts what it has leased to us)."""
+        return 0 if self._paused else self.window
 
     def _on_jobs(self, epoch: bytes, bid: int, jobs: list[Any], alone: bool) -> None:
         n = len(jobs)
-        self.granted = max(0, self.granted - n)
         self.held += n
         batch = self._batches[bid] = _Batch(bid, epoch, n)
         size = 1 if alone else max(1, min(n, int(PIECE_S / self.job_s)))
@@ -331,13 +334,12 @@ class Slave:
     def _run(self, piece: _Piece) -> list[tuple[int, dict[str, str]]]:
         handle, failures = self.handle_job, []
         limit = self.cfg.job_timeout_s
-        too_long = JobTimeoutError(f"job ran past --job-timeout {limit}s")
         for i, job in enumerate(piece.jobs, piece.offset):
             try:
                 if limit is None:
                     handle(job)
                 else:
-                    with gevent.Timeout(limit, too_long):
+                    with gevent.Timeout(limit, JobTimeoutError(f"ran past --job-timeout {limit}s")):
                         handle(job)
             except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's error is data
                 log.warning("handle_job(%.80r) raised %s: %s", job, type(e).__name__, e)
@@ -362,10 +364,8 @@ class Slave:
         if batch.pieces_left > 0:
             return
         self._batches.pop(batch.bid, None)
-        done = [(batch.bid, batch.failures)] if batch.epoch == self.epoch else []
-        credit = self._credit()
-        if done or credit:
-            self._send(p.ACK, (done, credit))
+        if batch.epoch == self.epoch:
+            self._send(p.ACK, ([(batch.bid, batch.failures)], self._window()))
 
     # -- messages --------------------------------------------------------------------------
 

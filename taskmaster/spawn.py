@@ -66,7 +66,9 @@ class Supervisor:
         self.children = [_Child(i, self._start(i)) for i in range(n)]
 
     def _start(self, index: int) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.argv, env=self.env)
+        # A session of its own: Ctrl-C on a terminal reaches only us, and we pass it on once
+        # (a slave takes a second signal as "leave now").
+        proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
         log.debug("started slave %d as pid %d", index, proc.pid)
         return proc
 
@@ -100,6 +102,10 @@ class Supervisor:
                             c.proc.pid, _status(code), delay)
                 alive = True
         return alive
+
+    def all_gave_up(self) -> bool:
+        """Every slave is down for good (none succeeded): nobody is left to run jobs."""
+        return all(c.status not in (None, EXIT_OK) for c in self.children)
 
     def wait(self) -> int:
         """Supervise until every child is done; the worst exit status."""

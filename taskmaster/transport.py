@@ -53,6 +53,9 @@ class MasterSocket:
         # Sending to a slave that has gone must raise, not vanish silently: it tells us the
         # slave is gone sooner than the lease timeout would.
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A slave reconnecting after a network cut takes over its identity at once, instead of
+        # being refused while the old half-open connection lingers.
+        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # What we queue per slave is bounded by its credit, so no high-water mark is needed,
         # and one would silently drop jobs.
         self._sock.setsockopt(zmq.SNDHWM, 0)
