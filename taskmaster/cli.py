@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -288,38 +290,59 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
         if opts["secret_file"] is None and not env.get(SECRET_ENV):
             # A run of our own gets a secret of its own: other local users cannot join it.
             env[SECRET_ENV] = os.environ[SECRET_ENV] = secrets.token_hex(32)
-        cfg = _master_config(script, pairs, address or "tcp://127.0.0.1:*", opts, no_progress)
-        _slave_config(script, cfg.address, opts, no_progress)
-        _green()
-        import gevent
+        # Our own endpoint: a socket file in a fresh private directory cannot collide with
+        # another run, and is known before binding, so the slaves start (and spend their
+        # start-up) while the master starts too.
+        rundir = None if address else tempfile.mkdtemp(prefix="tm-run-")
+        try:
+            return _run(script, n, pairs, address or f"ipc://{rundir}/master", env, log_level,
+                        no_progress, opts)
+        finally:
+            if rundir is not None:
+                shutil.rmtree(rundir, ignore_errors=True)
 
-        from .master import Master
-        from .spawn import POLL_S, Supervisor
+    _execute("tm-run", body)
 
-        get_jobs = _load(script, "get_jobs")
-        _load(script, "handle_job")  # a missing one is a usage error here, not N dead slaves
-        supervisors: list[Supervisor] = []
 
-        def start_slaves(bound: str) -> None:
+def _run(script: str, n: int, pairs: tuple[str, ...], address: str, env: dict[str, str],
+         log_level: str, no_progress: bool, opts: dict[str, Any]) -> int:
+    cfg = _master_config(script, pairs, address, opts, no_progress)
+    _slave_config(script, cfg.address, opts, no_progress)
+    _green()
+    import gevent
+
+    from .spawn import POLL_S, Supervisor
+
+    supervisors: list[Supervisor] = []
+
+    def start_slaves(bound: str) -> None:
+        if not supervisors:
             sup = Supervisor(_slave_argv(script, bound, opts, log_level), n, env)
             supervisors.append(sup)
             gevent.spawn(watch, sup)
 
-        def watch(sup: Supervisor) -> None:
-            # Restart slaves that die; if none is left, the run cannot go on.
-            while sup.poll():
-                gevent.sleep(POLL_S)
-            if sup.all_gave_up():
-                master.abort(f"all {n} slaves are down for good; see their messages above")
+    def watch(sup: Supervisor) -> None:
+        # Restart slaves that die; if none is left, the run cannot go on.
+        while sup.poll():
+            gevent.sleep(POLL_S)
+        if sup.all_gave_up():
+            master.abort(f"all {n} slaves are down for good; see their messages above")
 
+    if not cfg.address.endswith(":*"):
+        start_slaves(cfg.address)  # first: their start-up overlaps ours
+    code = EXIT_FAILED
+    try:
+        from .master import Master
+
+        get_jobs = _load(script, "get_jobs")
+        _load(script, "handle_job")  # a missing one is a usage error here, not N dead slaves
         master = Master(cfg, get_jobs, on_bound=start_slaves)
         code = master.run()
+    finally:
         for sup in supervisors:
             # After a complete run the slaves have been told so and leave by themselves.
             sup.stop(grace_s=SLAVE_EXIT_GRACE_S if code in (EXIT_OK, EXIT_FAILED) else 0)
-        return code
-
-    _execute("tm-run", body)
+    return code
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -34,7 +34,7 @@ CHECKPOINT_INTERVAL_S = 1.0
 PROGRESS_LOG_INTERVAL_S = 5.0
 RETRY_BACKOFF_BASE_S = 0.5
 RETRY_BACKOFF_MAX_S = 30.0
-MAX_BATCH_JOBS = 1000
+MAX_BATCH_JOBS = 5000
 """Largest batch the master puts in one message (and the unit of acknowledgement)."""
 MAX_WINDOW_JOBS = 20_000
 """Most jobs one slave may hold at once: the bound on a slave's leases."""

@@ -131,19 +131,27 @@ class Ledger:
                 credit -= self._lease(batch, slave, out, now)
         self._ready.extendleft(reversed(skipped))
         while credit > 0 and self._buffer:
-            head = self._buffer[0]
-            n = min(credit, self.max_batch, len(head.jobs))
-            if n == len(head.jobs):
-                self._buffer.popleft()
-                jobs = head.jobs
-            else:
-                jobs = head.jobs[:n]
-                del head.jobs[:n]
-            batch = Batch(0, head.start, jobs)
-            head.start += n
-            self.buffered -= n
+            batch = self._cut(min(credit, self.max_batch))
             credit -= self._lease(batch, slave, out, now)
         return out
+
+    def _cut(self, n: int) -> Batch:
+        """The next ``n`` buffered jobs (or fewer) as one batch: chunks are consecutive, so a
+        batch may span several."""
+        start = self._buffer[0].start
+        jobs: list[Any] = []
+        while len(jobs) < n and self._buffer:
+            head = self._buffer[0]
+            want = n - len(jobs)
+            if want >= len(head.jobs):
+                self._buffer.popleft()
+                jobs += head.jobs
+            else:
+                jobs += head.jobs[:want]
+                del head.jobs[:want]
+                head.start += want
+        self.buffered -= len(jobs)
+        return Batch(0, start, jobs)
 
     def _take_retries(self, slave: bytes, credit: int, now: float, alone: bool,
                       out: list[Batch]) -> int:

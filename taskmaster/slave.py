@@ -128,6 +128,8 @@ class Slave:
         self.held = 0  # jobs here, queued or running
         self.window = 2 * cfg.concurrency
         self.job_s = 0.001  # running estimate of one job's duration on one greenlet
+        self._overlap = 1.0  # running estimate of pieces in progress at once
+        self._unacked_done = 0  # jobs done in batches whose other pieces are not
         self.done = 0
         self.failed_attempts = 0
         self._counter = 0
@@ -162,11 +164,12 @@ class Slave:
             for h in handlers:
                 h.cancel()
             gevent.killall(workers, timeout=1)
-            self.sock.close(linger_s=1.0)
+            self.sock.close(linger_s=0.2)
         return self._exit if self._exit is not None else EXIT_FAILED
 
     def _serve(self) -> None:
         last_log = time.monotonic()
+        self._send(p.HEARTBEAT, self._heartbeat_body())  # knock at once; a master may be up
         while self._exit is None:
             frames = self.sock.recv(JOIN_RETRY_S if self.epoch == NO_EPOCH else WAKE_S)
             now = time.monotonic()
@@ -255,11 +258,12 @@ class Slave:
         self._paused = True
         deadline = time.monotonic() + STOP_WAIT_S
         while (self._queue or self._running) and time.monotonic() < deadline:
-            gevent.sleep(0.05)
+            gevent.sleep(0.01)
         if self._queue or self._running:
             log.warning("jobs still running after %.0fs; leaving them to be run again",
                         STOP_WAIT_S)
         self._exit = code
+        self.sock.wake()
 
     def _crashed(self, greenlet: gevent.Greenlet) -> None:
         log.critical("internal error in a worker", exc_info=greenlet.exc_info)
@@ -268,8 +272,9 @@ class Slave:
     # -- credit and jobs -------------------------------------------------------------------
 
     def _window(self) -> int:
-        """How many jobs to hold at once (the master subtracts what it has leased to us)."""
-        return 0 if self._paused else self.window
+        """The window to report: the master subtracts what it has leased to us, and that
+        includes jobs done in batches not yet acknowledged, so those are added back."""
+        return 0 if self._paused else self.window + self._unacked_done
 
     def _on_jobs(self, epoch: bytes, bid: int, jobs: list[Any], alone: bool) -> None:
         n = len(jobs)
@@ -289,6 +294,7 @@ class Slave:
             self.held -= len(piece.jobs)
             piece.batch.pieces_left -= 1
         self._queue.clear()
+        self._unacked_done = 0
         for bid, batch in list(self._batches.items()):
             if batch.pieces_left <= 0:
                 del self._batches[bid]
@@ -319,6 +325,7 @@ class Slave:
             piece = self._queue.popleft()
             piece.batch.started = True
             self._running += 1
+            self._overlap = 0.8 * self._overlap + 0.2 * self._running
             self._isolation.enter(piece.alone)
             started = time.perf_counter()
             try:
@@ -350,7 +357,10 @@ class Slave:
         # Weighted toward the recent past: a stream whose jobs change speed is followed
         # within a few pieces.
         self.job_s = max(1e-7, 0.7 * self.job_s + 0.3 * job_s)
-        ahead = SLAVE_WORK_AHEAD_S * self.cfg.concurrency / self.job_s
+        # Greenlets overlap only jobs that wait (I/O, sleeps): a CPU-bound piece never
+        # yields, so it always runs alone. The window follows what really overlaps, or a
+        # CPU-bound slave would ask for ten times what it can do and starve the others.
+        ahead = SLAVE_WORK_AHEAD_S * self._overlap / self.job_s
         self.window = int(min(MAX_WINDOW_JOBS, max(2 * self.cfg.concurrency, ahead)))
 
     def _piece_done(self, piece: _Piece, failures: list[tuple[int, dict[str, str]]]) -> None:
@@ -361,10 +371,18 @@ class Slave:
         self.failed_attempts += len(failures)
         batch.failures.extend(failures)
         batch.pieces_left -= 1
+        current = batch.epoch == self.epoch
         if batch.pieces_left > 0:
+            if current:
+                # The master counts the whole batch as ours until it is acknowledged: tell it
+                # the room this piece made, or a batch held open by one slow job would
+                # keep us from getting any more work.
+                self._unacked_done += n
+                self._send(p.ACK, ([], self._window()))
             return
         self._batches.pop(batch.bid, None)
-        if batch.epoch == self.epoch:
+        if current:
+            self._unacked_done -= batch.size - n
             self._send(p.ACK, ([(batch.bid, batch.failures)], self._window()))
 
     # -- messages --------------------------------------------------------------------------

@@ -92,7 +92,7 @@ class SlaveSocket:
 
     def __init__(self, address: str, identity: bytes, curve: Curve | None = None) -> None:
         self._sock = gzmq.Context.instance().socket(zmq.DEALER)
-        self._inbox: gevent.queue.Queue[list[bytes]] = gevent.queue.Queue()
+        self._inbox: gevent.queue.Queue[list[bytes] | None] = gevent.queue.Queue()
         self._receiver: gevent.Greenlet | None = None
         if curve is not None:
             curve.apply(self._sock, server=False)
@@ -127,6 +127,10 @@ class SlaveSocket:
     def _receive(self) -> None:
         while True:
             self._inbox.put(self._sock.recv_multipart())
+
+    def wake(self) -> None:
+        """Make a waiting `recv` return None now (to notice it is time to exit)."""
+        self._inbox.put(None)
 
     def send(self, frames: list[bytes]) -> bool:
         """Send if the master is connected; False (message dropped) when it is not."""
