@@ -336,7 +336,8 @@ def _run(script: str, n: int, pairs: tuple[str, ...], address: str, env: dict[st
 
         get_jobs = _load(script, "get_jobs")
         _load(script, "handle_job")  # a missing one is a usage error here, not N dead slaves
-        master = Master(cfg, get_jobs, on_bound=start_slaves)
+        master = Master(cfg, get_jobs, on_bound=start_slaves,
+                        expected_gone=lambda: all(not s.poll() for s in supervisors))
         code = master.run()
     finally:
         for sup in supervisors:

@@ -36,6 +36,8 @@ class Batch:
     not_before: float = 0.0
     avoid: bytes | None = None
     leased_at: float = 0.0
+    spared: bool = False
+    """Once out on a slave that died before starting it (see `Ledger.lose`)."""
 
     @property
     def isolate(self) -> bool:
@@ -82,6 +84,7 @@ class Ledger:
         self._buffer: deque[Batch] = deque()  # fresh jobs, in stream order
         self.buffered = 0
         self._ready: deque[Batch] = deque()  # handed back by a slave; served first
+        self._suspects: deque[Batch] = deque()  # single jobs whose slave died; run alone
         self._ready_jobs = 0
         self._retrying: list[Batch] = []  # failed once or more, waiting for their backoff
         self.leases: dict[int, Batch] = {}
@@ -121,15 +124,13 @@ class Ledger:
         out: list[Batch] = []
         if self._retrying:
             credit = self._take_retries(slave, credit, now, alone, out)
-        skipped: list[Batch] = []
+        if credit > 0 and self._suspects and slave not in self._suspect_holders:
+            self._ready_jobs -= 1
+            credit -= self._lease(self._suspects.popleft(), slave, out, now)
         while credit > 0 and self._ready:
             batch = self._ready.popleft()
-            if batch.isolate and slave in self._suspect_holders:
-                skipped.append(batch)
-            else:
-                self._ready_jobs -= len(batch.jobs)
-                credit -= self._lease(batch, slave, out, now)
-        self._ready.extendleft(reversed(skipped))
+            self._ready_jobs -= len(batch.jobs)
+            credit -= self._lease(batch, slave, out, now)
         while credit > 0 and self._buffer:
             batch = self._cut(min(credit, self.max_batch))
             credit -= self._lease(batch, slave, out, now)
@@ -227,12 +228,24 @@ class Ledger:
             self.redispatched += len(batch.jobs)
         return sum(len(b.jobs) for b in lost)
 
-    def lose(self, slave: bytes) -> list[Failure]:
+    def lose(self, slave: bytes, started: set[int] | None = None,
+             known_at: float = 0.0) -> list[Failure]:
         """A slave died or went silent holding leases. Its jobs go out again one by one, each
-        charged with a death; a job charged ``max_deaths`` times is returned as failed."""
+        charged with a death; a job charged ``max_deaths`` times is returned as failed.
+
+        Batches the slave reported as not started (in ``started``'s report, made at
+        ``known_at``) are spared once and go out whole: the report may be up to a heartbeat
+        old, so a batch spared once is charged the next time its slave dies.
+        """
         final: list[Failure] = []
         for batch in [b for b in self.leases.values() if b.slave == slave]:
             self._unlease(batch)
+            if (started is not None and batch.bid not in started
+                    and batch.leased_at < known_at and not batch.spared and not batch.deaths):
+                batch.spared = True
+                self._requeue(batch)
+                self.redispatched += len(batch.jobs)
+                continue
             for i, job in enumerate(batch.jobs):
                 single = Batch(0, batch.start + i, [job], batch.attempts, batch.deaths + 1)
                 if single.deaths >= self.max_deaths:
@@ -247,7 +260,7 @@ class Ledger:
         return final
 
     def _requeue(self, batch: Batch) -> None:
-        self._ready.append(batch)
+        (self._suspects if batch.isolate else self._ready).append(batch)
         self._ready_jobs += len(batch.jobs)
 
     def held_by(self, slave: bytes) -> int:
@@ -293,12 +306,13 @@ class Ledger:
 
     def has_work(self) -> bool:
         """Something could be handed out right now or after a retry's backoff."""
-        return bool(self._buffer or self._ready or self._retrying)
+        return bool(self._buffer or self._ready or self._suspects or self._retrying)
 
     def resume_point(self) -> tuple[int, Any] | None:
         """(sequence number, job) of the earliest unfinished job; None once all are done."""
         best: Batch | None = None
-        for batch in itertools.chain(self.leases.values(), self._ready, self._retrying,
+        for batch in itertools.chain(self.leases.values(), self._ready, self._suspects,
+                                     self._retrying,
                                      itertools.islice(self._buffer, 1)):
             if best is None or batch.start < best.start:
                 best = batch

@@ -69,6 +69,9 @@ class SlaveInfo:
     """Jobs the slave asks to hold at once (it measures how many keep it busy)."""
     last_seen: float = field(default_factory=time.monotonic)
     leaving: bool = False
+    started: set[int] | None = None
+    """Batches the slave said it had started, in its last heartbeat (at ``reported_at``)."""
+    reported_at: float = 0.0
 
     @property
     def name(self) -> str:
@@ -126,11 +129,15 @@ class Master:
     """One run's master. `run()` returns the exit status."""
 
     def __init__(self, cfg: MasterConfig, get_jobs: Callable[..., Any], *,
-                 on_bound: Callable[[str], None] | None = None) -> None:
+                 on_bound: Callable[[str], None] | None = None,
+                 expected_gone: Callable[[], bool] | None = None) -> None:
         self.cfg = cfg
         self.get_jobs = get_jobs
         self.key = signing_key(cfg.secret)
         self.on_bound = on_bound
+        # tm-run knows its slaves: the goodbye lasts until all of them have gone, so that
+        # one still starting when the run ends hears DONE instead of waiting for a signal.
+        self.expected_gone = expected_gone or (lambda: True)
         self.epoch = p.new_epoch()
         self.slaves: dict[bytes, SlaveInfo] = {}
         self._waiting: set[bytes] = set()  # slaves with credit left and nothing to give them
@@ -278,7 +285,7 @@ class Master:
         self._complete = True
         self._broadcast(p.DONE, [self.finished, self.failed, None])
         deadline = time.monotonic() + DONE_LINGER_S
-        while self.slaves and time.monotonic() < deadline:
+        while (self.slaves or not self.expected_gone()) and time.monotonic() < deadline:
             gevent.sleep(0.01)
 
     def _drain(self) -> None:
@@ -374,7 +381,7 @@ class Master:
                         ident[:40], why, self.dropped)
 
     def _on_heartbeat(self, sender: bytes, msg: p.Message, now: float) -> None:
-        name, nonce, held = msg.body
+        name, nonce, held, started = msg.body
         ident = str(name).encode("utf-8", "surrogateescape")
         if sender not in (ident, ident + HEARTBEAT_SUFFIX):
             # The MAC does not cover the connection's identity, which a peer picks itself:
@@ -385,6 +392,9 @@ class Master:
         if slave is not None:
             if msg.epoch == self.epoch:
                 slave.last_seen = now
+                if started is not None:
+                    slave.started = {_count(bid) for bid in started}
+                    slave.reported_at = now
                 self._reconcile(slave, held, now)
             return
         if self._complete:
@@ -518,7 +528,7 @@ class Master:
         held = sum(len(b.jobs) for b in self.ledger.leases.values() if b.slave == slave.ident)
         log.warning("slave %s lost (%s); %d leased jobs go out again", slave.name, why, held)
         self._forget(slave)
-        final = self.ledger.lose(slave.ident)
+        final = self.ledger.lose(slave.ident, slave.started, slave.reported_at)
         for f in final:
             log.error("job #%d %s recorded as failed: %s", f.seq, safe_repr(f.job, 200),
                       f.error["message"])

@@ -32,8 +32,9 @@ from typing import Any
 # Slave -> master.
 READY = b"READY"  # body: [session, window, concurrency, host, pid]: "I hold up to `window`"
 ACK = b"ACK"  # body: [done, window]; done = [[batch_id, [[index, error], ...]], ...]
-HEARTBEAT = b"HB"  # body: [slave_id, nonce, held batch ids or null] (also sent from a second
-#                    socket, so it names its slave; the nonce is what a WELCOME must echo)
+HEARTBEAT = b"HB"  # body: [slave_id, nonce, held batch ids or null, started ids or null]
+#                    (also sent from a second socket, so it names its slave; the nonce is
+#                    what a WELCOME must echo)
 BYE = b"BYE"  # body: [batch_id, ...] handed back unstarted; the slave is leaving
 # Master -> slave.
 WELCOME = b"WELCOME"  # body: [session, nonce]; "this is my epoch: forget old leases, send READY"

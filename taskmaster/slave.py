@@ -391,12 +391,15 @@ class Slave:
         self._counter += 1
         self.sock.send(p.pack(kind, body, epoch=self.epoch, counter=self._counter, key=self.key))
 
-    def _heartbeat_body(self, held: list[int] | None = None) -> list[Any]:
-        return [self.ident.decode("utf-8", "surrogateescape"), self.nonce, held]
+    def _heartbeat_body(self, held: list[int] | None = None,
+                        started: list[int] | None = None) -> list[Any]:
+        return [self.ident.decode("utf-8", "surrogateescape"), self.nonce, held, started]
 
     def _heartbeat_frames(self) -> list[bytes]:
         # Runs on the heartbeat thread: reads attributes, and advances only its own counter.
-        # list() of a dict of ints runs without releasing the GIL: a consistent snapshot.
-        held = list(self._batches)
-        return p.pack(p.HEARTBEAT, self._heartbeat_body(held), epoch=self.epoch,
+        # list() of a dict runs without releasing the GIL: a consistent snapshot.
+        batches = list(self._batches.items())
+        held = [bid for bid, _ in batches]
+        started = [bid for bid, batch in batches if batch.started]
+        return p.pack(p.HEARTBEAT, self._heartbeat_body(held, started), epoch=self.epoch,
                       counter=next(self._beats), key=self.key)

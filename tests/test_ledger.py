@@ -137,3 +137,25 @@ def test_leases_a_live_slave_does_not_hold_are_reclaimed_once_old_enough() -> No
     (again,) = ledger.take(B, 10, now=6)
     assert again.start == second.start and not again.isolate
     assert ledger.ack(A, second.bid, [], now=6) == [] and ledger.stale_acks == 1
+
+
+def test_batches_a_dead_slave_never_started_are_spared_once() -> None:
+    ledger = fed(30, max_batch=10)
+    first, _, _ = ledger.take(A, 30, now=0)
+    # A reported (at time 1) that it had started only the first batch, then died.
+    assert ledger.lose(A, started={first.bid}, known_at=1) == []
+    out = ledger.take(B, 30, now=2)
+    assert [(b.start, len(b.jobs), b.isolate) for b in out] == [(0, 1, True), (10, 10, False),
+                                                               (20, 10, False)]
+    # Spared once: if B dies before starting them too, they are charged this time.
+    ledger.lose(B, started=set(), known_at=3)
+    assert all(b.isolate for b in ledger.take(A, 100, now=4))
+
+
+def test_many_suspects_cost_one_step_per_take() -> None:
+    ledger = fed(20_001, size=50_000, max_batch=20_000)
+    ledger.take(A, 20_000, now=0)
+    ledger.lose(A)
+    assert len(ledger.take(B, 1, now=0)) == 1
+    # One suspect at a time, found without a scan; the last fresh job still goes out.
+    assert [(b.start, b.isolate) for b in ledger.take(B, 10, now=0)] == [(20_000, False)]

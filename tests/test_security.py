@@ -118,7 +118,7 @@ def recv_within(sock: zmq.Socket, timeout_s: float) -> list[bytes] | None:
 def knock(sock: zmq.Socket, name: str, nonce: str, key: bytes | None,
           timeout_s: float = 10.0) -> p.Message:
     """Ask the master for a WELCOME, as a slave does; return it (this reveals the epoch)."""
-    sock.send_multipart(p.pack(p.HEARTBEAT, [name, nonce, None], epoch=NO_EPOCH, counter=1,
+    sock.send_multipart(p.pack(p.HEARTBEAT, [name, nonce, None, None], epoch=NO_EPOCH, counter=1,
                                key=key))
     frames = recv_within(sock, timeout_s)
     assert frames is not None, f"no WELCOME within {timeout_s}s"
@@ -229,10 +229,11 @@ def test_rogue_peer_during_a_signed_run(procs: Procs, tmp_path: Path) -> None:
             [p.WELCOME, hdr, b'[1,"n"]', b""],
             [p.JOBS, hdr, bomb, p._mac(key, p.JOBS, hdr, bomb)],
             # valid-looking but unsigned, and signed with the wrong key (a knock among them)
-            p.pack(p.HEARTBEAT, ["rogue-1", "unsigned-knock", None], epoch=NO_EPOCH, counter=1),
+            p.pack(p.HEARTBEAT, ["rogue-1", "unsigned-knock", None, None], epoch=NO_EPOCH,
+                   counter=1),
             p.pack(p.ACK, [[[1, []]], 100], epoch=NO_EPOCH, counter=2),
-            p.pack(p.HEARTBEAT, ["rogue-1", "wrong-key-knock", None], epoch=NO_EPOCH, counter=3,
-                   key=WRONG_KEY),
+            p.pack(p.HEARTBEAT, ["rogue-1", "wrong-key-knock", None, None], epoch=NO_EPOCH,
+                   counter=3, key=WRONG_KEY),
             p.pack(p.ACK, [[[1, []]], 100], epoch=NO_EPOCH, counter=4, key=WRONG_KEY),
             # a pickle bomb as the body of a slave kind: unsigned, and signed with the right key
             [p.ACK, hdr, bomb, b""], [p.ACK, hdr, bomb, p._mac(key, p.ACK, hdr, bomb)],
@@ -328,7 +329,7 @@ def test_replayed_heartbeat_does_not_keep_a_dead_slave_alive(procs: Procs,
         # The epoch is in every message the master sends; a sniffer would copy the victim's
         # heartbeat verbatim. Here it is rebuilt with the key: the same bytes.
         epoch = knock(dealer(ctx, address, b"observer"), "observer", "n", key).epoch
-        captured = p.pack(p.HEARTBEAT, [ident, "an old nonce", None], epoch=epoch, counter=1,
+        captured = p.pack(p.HEARTBEAT, [ident, "an old nonce", None, None], epoch=epoch, counter=1,
                           key=key)
         victim.kill()
 
@@ -705,7 +706,7 @@ def test_each_attack_is_dropped_and_counted(tmp_path: Path, secret: bytes | None
         assert expected in reasons[-1], f"{name}: dropped for {reasons[-1]!r}"
     if key is not None:
         # A replay: the same signed message twice from one sender; the second is dropped.
-        frames = signed(p.HEARTBEAT, [SLAVE.decode(), "n", None])
+        frames = signed(p.HEARTBEAT, [SLAVE.decode(), "n", None, None])
         receive(m, [(SLAVE, frames), (SLAVE, frames)])
         assert reasons[-1] == "replayed message"
         assert m.dropped == len(attacks) + 1
