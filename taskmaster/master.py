@@ -140,7 +140,7 @@ class Master:
         self.expected_gone = expected_gone or (lambda: True)
         self.epoch = p.new_epoch()
         self.slaves: dict[bytes, SlaveInfo] = {}
-        self._waiting: set[bytes] = set()  # slaves with credit left and nothing to give them
+        self._waiting: set[bytes] = set()  # slaves with room left and nothing to give them
         self._welcomes: dict[bytes, tuple[int, float]] = {}  # offered session, when
         self._counters: dict[bytes, int] = {}  # last counter seen from each sender
         self._sessions = itertools.count(1)
@@ -251,7 +251,10 @@ class Master:
                         signal.Signals(self._stop_signal).name)
             return EXIT_SIGINT if self._stop_signal == signal.SIGINT else EXIT_SIGTERM
         elapsed = time.monotonic() - self.started
-        log.info("run complete: %d finished, %d failed in %.1fs", finished, failed, elapsed)
+        ledger = self.ledger
+        log.info("run complete: %d finished, %d failed in %.1fs (%d retries, %d jobs sent again, "
+                 "%d stale acknowledgements, %d messages dropped)", finished, failed, elapsed,
+                 ledger.retried, ledger.redispatched, ledger.stale_acks, self.dropped)
         if failed:
             log.error("%d jobs failed; see %s (rerun them with --retry-failures)",
                       failed, self.cfg.failures_path)
@@ -330,7 +333,7 @@ class Master:
     # -- the server ------------------------------------------------------------------------
 
     def _receive(self) -> None:
-        handlers = {p.READY: self._on_ready, p.ACK: self._on_ack, p.BYE: self._on_bye}
+        handlers = {p.ACK: self._on_ack, p.BYE: self._on_bye}
         while True:
             ident, frames = self.sock.recv()
             try:
@@ -352,7 +355,8 @@ class Master:
                 elif slave is None or msg.epoch != self.epoch:
                     # From an earlier run, or a slave we gave up on: its heartbeat will be
                     # answered with WELCOME, and then it starts afresh.
-                    self.ledger.stale_acks += msg.kind == p.ACK
+                    if msg.kind == p.ACK:
+                        self.ledger.stale_acks += 1
                 else:
                     slave.last_seen = now
                     handlers[msg.kind](ident, slave, msg, now)
@@ -537,6 +541,7 @@ class Master:
         self._check_complete()
 
     def _check_complete(self) -> None:
+        # The two cheap tests first: `complete` scans every lease.
         if self.ledger.exhausted and not self.ledger.leases and self.ledger.complete:
             self._finished.set()
 

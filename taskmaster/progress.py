@@ -72,9 +72,10 @@ class Progress:
         if now - self._last_log >= PROGRESS_LOG_INTERVAL_S:
             rate = self._rate(s, now)
             of_total = f"/{s.total}" if s.total is not None else ""
+            dropped = f", {s.dropped} messages dropped" if s.dropped else ""
             log.info("%d%s done (%d failed), %.0f jobs/s, buffered %d, leased %d, slaves %d, "
-                     "%.0fs elapsed", s.done, of_total, s.failed, rate, s.buffered, s.leased,
-                     s.slaves, now - self._started)
+                     "%.0fs elapsed%s", s.done, of_total, s.failed, rate, s.buffered, s.leased,
+                     s.slaves, now - self._started, dropped)
 
     def _rate(self, s: Snapshot, now: float) -> float:
         """Jobs per second since the last call that was at least a second ago."""

@@ -221,8 +221,8 @@ class Slave:
             self._hand_back()
         elif msg.kind == p.DONE:
             finished, failed, _nonce = msg.body
-            log.info("run complete (%d finished, %d failed); this slave ran %d", finished,
-                     failed, self.done)
+            log.info("run complete (%d finished, %d failed); this slave ran %d (and %d failed "
+                     "attempts)", finished, failed, self.done, self.failed_attempts)
             self._send(p.BYE, [])
             gevent.spawn(self._finish, EXIT_OK)
 
