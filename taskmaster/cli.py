@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -9,7 +10,7 @@ import shutil
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -128,7 +129,31 @@ def _green(monkey_patch: bool = True) -> None:
     if monkey_patch:
         from gevent import monkey
 
-        monkey.patch_all()
+        with _entry_points_read_once():
+            monkey.patch_all()
+
+
+@contextlib.contextmanager
+def _entry_points_read_once() -> Iterator[None]:
+    """gevent looks for plugins before and after it patches each module, and every look reads
+    the metadata of every installed package: a tenth of a second of each process's start-up.
+    Nothing is installed while it patches, so one reading can answer every look."""
+    from importlib import metadata
+
+    original = metadata.entry_points
+    everything: Any = None
+
+    def entry_points(**params: Any) -> Any:
+        nonlocal everything
+        if everything is None:
+            everything = original()
+        return everything.select(**params) if params else everything
+
+    metadata.entry_points = entry_points  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        metadata.entry_points = original
 
 
 def _execute(name: str, body: Callable[[], int]) -> NoReturn:
@@ -307,17 +332,23 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
 def _run(script: str, n: int, pairs: tuple[str, ...], address: str, env: dict[str, str],
          log_level: str, no_progress: bool, opts: dict[str, Any]) -> int:
     cfg = _master_config(script, pairs, address, opts, no_progress)
-    _slave_config(script, cfg.address, opts, no_progress)
+    slave_cfg = _slave_config(script, cfg.address, opts, no_progress=True)
     _green()
     import gevent
 
+    from .master import Master
     from .spawn import POLL_S, Supervisor
 
+    get_jobs = _load(script, "get_jobs")
+    # A missing one is a usage error here, rather than N slaves that die at start.
+    handle_job = _load(script, "handle_job")
     supervisors: list[Supervisor] = []
 
-    def start_slaves(bound: str) -> None:
+    def start_slaves(bound: str, fork: bool = False) -> None:
         if not supervisors:
-            sup = Supervisor(_slave_argv(script, bound, opts, log_level), n, env)
+            sup = Supervisor(_slave_argv(script, bound, opts, log_level), n, env,
+                             fork=(lambda: _serve_as_slave(slave_cfg, handle_job)) if fork
+                             else None)
             supervisors.append(sup)
             gevent.spawn(watch, sup)
 
@@ -329,13 +360,11 @@ def _run(script: str, n: int, pairs: tuple[str, ...], address: str, env: dict[st
             master.abort(f"all {n} slaves are down for good; see their messages above")
 
     if not cfg.address.endswith(":*"):
-        start_slaves(cfg.address)  # first: their start-up overlaps ours
+        # Before the master makes its first socket or greenlet (nothing of it may be copied
+        # into a fork); an unpatched slave cannot be a fork of this patched process.
+        start_slaves(cfg.address, fork=not opts["no_monkey_patch"])
     code = EXIT_FAILED
     try:
-        from .master import Master
-
-        get_jobs = _load(script, "get_jobs")
-        _load(script, "handle_job")  # a missing one is a usage error here, not N dead slaves
         master = Master(cfg, get_jobs, on_bound=start_slaves,
                         expected_gone=lambda: all(not s.poll() for s in supervisors))
         code = master.run()
@@ -344,6 +373,13 @@ def _run(script: str, n: int, pairs: tuple[str, ...], address: str, env: dict[st
             # After a complete run the slaves have been told so and leave by themselves.
             sup.stop(grace_s=SLAVE_EXIT_GRACE_S if code in (EXIT_OK, EXIT_FAILED) else 0)
     return code
+
+
+def _serve_as_slave(cfg: SlaveConfig, handle_job: Callable[[Any], Any]) -> NoReturn:
+    """A forked slave's whole life (see spawn.py), errors reported as tm-slave's own."""
+    from .slave import Slave
+
+    _execute("tm-slave", lambda: Slave(cfg, handle_job).run())
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

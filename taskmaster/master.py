@@ -44,8 +44,11 @@ from .transport import HEARTBEAT_SUFFIX, MasterSocket, load_curve
 
 log = logging.getLogger(__name__)
 
-FEED_CHUNK_JOBS = 2000
-"""Jobs pulled from the stream per turn of the feeder before it lets the server run."""
+FEED_STEP_JOBS = 1000
+FEED_TURN_S = 0.01
+"""Longest the feeder pulls from the stream before it lets the server run. Within that it fills
+the buffer's room whole: a buffer topped up a little at a time is handed out in batches just
+as small, and every batch costs a message each way."""
 TICK_S = 0.25
 DONE_LINGER_S = 2.0
 """After the run, how long the master waits for slaves to acknowledge DONE."""
@@ -78,22 +81,38 @@ class SlaveInfo:
         return f"{self.host}:{self.pid}"
 
 
-class _Guarded:
-    """Iterate the user's stream, turning an exception into a clean end plus a record of it.
-
-    `itertools.islice` over this keeps every job yielded before the exception.
-    """
+class _Stream:
+    """The user's job stream, pulled in chunks. An exception from it ends the stream and is kept
+    as the run's error; every job yielded before it is still returned."""
 
     def __init__(self, iterable: Any) -> None:
         self.iterator: Iterator[Any] = iter(iterable)
+        self.ended = False
         self.error: UserCodeError | None = None
 
-    def __iter__(self) -> Iterator[Any]:
+    def pull(self, n: int, turn_s: float) -> list[Any]:
+        """Up to ``n`` jobs: fewer when the stream ends, or when pulling them takes longer than
+        ``turn_s`` (a slow generator must not keep the server from answering slaves)."""
+        jobs: list[Any] = []
+        deadline = time.monotonic() + turn_s
         try:
-            yield from self.iterator
+            while len(jobs) < n:
+                want = min(n - len(jobs), FEED_STEP_JOBS)
+                before = len(jobs)
+                # No generator of our own around the user's: that would cost more per job than
+                # the rest of the master does. extend() keeps what it appended before an
+                # exception, so a failing stream loses none of the jobs it did yield.
+                jobs.extend(itertools.islice(self.iterator, want))
+                if len(jobs) - before < want:
+                    self.ended = True
+                elif time.monotonic() < deadline:
+                    continue
+                break
         except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
-            self.error = UserCodeError(
-                f"get_jobs raised {type(e).__name__}: {e}", traceback.format_exc())
+            self.ended = True
+            self.error = UserCodeError(f"get_jobs raised {type(e).__name__}: {e}",
+                                       traceback.format_exc())
+        return jobs
 
 
 def open_stream(get_jobs: Callable[..., Any], kwargs: dict[str, str],
@@ -197,12 +216,12 @@ class Master:
             curve = load_curve(self.cfg.curve_dir, "master") if self.cfg.curve_dir else None
             self.sock = MasterSocket(self.cfg.address, MAX_MESSAGE_BYTES, curve)
             try:
-                return self._serve(state, _Guarded(stream))
+                return self._serve(state, _Stream(stream))
             finally:
                 self.failures.close()
                 self.sock.close()
 
-    def _serve(self, state: StateFile, stream: _Guarded) -> int:
+    def _serve(self, state: StateFile, stream: _Stream) -> int:
         log.info("master listening on %s (%s)", self.sock.address, _security(self.cfg))
         if self.on_bound:
             self.on_bound(self.sock.address)
@@ -307,28 +326,25 @@ class Master:
 
     # -- the feeder ------------------------------------------------------------------------
 
-    def _feed(self, stream: _Guarded) -> None:
-        source = iter(stream)
+    def _feed(self, stream: _Stream) -> None:
         while not self.stopping:
             room = self.ledger.room()
             if room <= 0:
                 self._room.clear()
                 self._room.wait()
                 continue
-            want = min(room, FEED_CHUNK_JOBS)
-            jobs = list(itertools.islice(source, want))
-            ended = len(jobs) < want
-            self.ledger.feed(jobs, exhausted=ended and stream.error is None)
+            jobs = stream.pull(room, FEED_TURN_S)
+            self.ledger.feed(jobs, exhausted=stream.ended and stream.error is None)
             self._serve_waiting()
             if stream.error is not None:
                 self._fatal = stream.error
                 self._finished.set()
                 return
-            if ended:
+            if stream.ended:
                 log.debug("stream exhausted at job #%d", self.ledger.next_seq)
                 self._check_complete()
                 return
-            gevent.sleep(0)  # let the server answer slaves between chunks
+            gevent.sleep(0)  # let the server answer slaves between turns
 
     # -- the server ------------------------------------------------------------------------
 
@@ -434,6 +450,10 @@ class Master:
             if self._welcomes.get(ident, (None,))[0] != session:
                 return
             del self._welcomes[ident]
+            if self._complete:
+                # Welcomed just before the run ended, and so missed the goodbye to everyone.
+                self._send(ident, p.DONE, [self.finished, self.failed, None])
+                return
             slave = self.slaves[ident] = SlaveInfo(ident, str(host)[:200], pid, concurrency)
             log.info("slave %s joined (concurrency %d)", slave.name, slave.concurrency)
         slave.last_seen = now

@@ -91,7 +91,8 @@ class SlaveSocket:
     """A slave's DEALER socket: connects (and reconnects by itself) to the master."""
 
     def __init__(self, address: str, identity: bytes, curve: Curve | None = None) -> None:
-        self._sock = gzmq.Context.instance().socket(zmq.DEALER)
+        self._ctx = gzmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
         self._inbox: gevent.queue.Queue[list[bytes] | None] = gevent.queue.Queue()
         self._receiver: gevent.Greenlet | None = None
         if curve is not None:
@@ -107,7 +108,7 @@ class SlaveSocket:
         try:
             self._sock.connect(address)
         except zmq.ZMQError as e:
-            self._sock.close()
+            self.close()
             raise _fail("connect to", address, e) from None
 
     def recv(self, timeout_s: float) -> list[bytes] | None:
@@ -143,9 +144,13 @@ class SlaveSocket:
         return True
 
     def close(self, linger_s: float = 0.0) -> None:
+        """Close, sending what is queued for up to ``linger_s`` (the goodbye, usually)."""
         if self._receiver is not None:
             self._receiver.kill()
         self._sock.close(linger=int(linger_s * 1000))
+        # Only terminating the context waits out the linger. A process that ends without
+        # that (a forked slave leaves with os._exit) would drop its last messages.
+        self._ctx.term()
 
 
 def start_heartbeat_thread(address: str, identity: bytes, make_frames: Callable[[], list[bytes]],
