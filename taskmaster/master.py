@@ -344,7 +344,9 @@ class Master:
                 log.debug("stream exhausted at job #%d", self.ledger.next_seq)
                 self._check_complete()
                 return
-            gevent.sleep(0)  # let the server answer slaves between turns
+            # Not sleep(0): gevent runs up to 50 ready greenlets before it next polls sockets,
+            # and idle() waits for that poll, so the server answers slaves between turns.
+            gevent.idle()
 
     # -- the server ------------------------------------------------------------------------
 

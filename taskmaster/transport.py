@@ -129,6 +129,26 @@ class SlaveSocket:
         while True:
             self._inbox.put(self._sock.recv_multipart())
 
+    def pending(self) -> list[list[bytes]]:
+        """The messages that have arrived, in order, without waiting for any."""
+        out: list[list[bytes]] = []
+        woken = False
+        while not self._inbox.empty():
+            frames = self._inbox.get_nowait()
+            if frames is None:
+                woken = True
+            else:
+                out.append(frames)
+        while True:
+            try:
+                # Whole messages only: ZeroMQ delivers all of a message's frames at once.
+                out.append(self._sock.recv_multipart(flags=zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        if woken:
+            self.wake()  # that was meant for recv(): keep it there
+        return out
+
     def wake(self) -> None:
         """Make a waiting `recv` return None now (to notice it is time to exit)."""
         self._inbox.put(None)
