@@ -38,6 +38,10 @@ MAX_BATCH_JOBS = 5000
 """Largest batch the master puts in one message (and the unit of acknowledgement)."""
 MAX_WINDOW_JOBS = 20_000
 """Most jobs one slave may hold at once: the bound on a slave's leases."""
+BATCH_BYTES = 512 * 1024
+WINDOW_BYTES = 4 * 1024 * 1024
+"""The same two bounds in pickled bytes, for large jobs: what the master holds for each slave
+(and copies into messages for it) stays a few megabytes whatever the size of a job."""
 SLAVE_WORK_AHEAD_S = 0.2
 """How much work, in seconds, a slave asks to hold so that it never waits for the master."""
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

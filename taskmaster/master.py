@@ -29,10 +29,13 @@ import gevent.event
 from . import protocol as p
 from . import sized
 from .config import (
+    BATCH_BYTES,
     CHECKPOINT_INTERVAL_S,
     HEARTBEAT_INTERVAL_S,
+    MAX_BATCH_JOBS,
     MAX_MESSAGE_BYTES,
     MAX_WINDOW_JOBS,
+    WINDOW_BYTES,
     MasterConfig,
     signing_key,
 )
@@ -175,6 +178,7 @@ class Master:
         self._last_saved: tuple[Any, ...] | None = None
         self.dropped = 0
         self._dropped_logged = 0.0
+        self._job_bytes = 0.0  # pickled size of a job, averaged over recent batches
         self.total: int | None = None
         self.started = time.monotonic()
 
@@ -506,10 +510,16 @@ class Master:
             return
         # Absolute, not incremental, credit: what the slave asks to hold minus what it holds.
         # A lost message then cannot leave master and slave disagreeing for good.
-        credit = min(slave.window, MAX_WINDOW_JOBS) - self.ledger.held_by(slave.ident)
+        window, batch = min(slave.window, MAX_WINDOW_JOBS), MAX_BATCH_JOBS
+        if self._job_bytes:
+            # Large jobs: bounded in bytes too, but never below a job per greenlet.
+            window = min(window, max(slave.concurrency, int(WINDOW_BYTES / self._job_bytes)))
+            batch = max(1, min(batch, int(BATCH_BYTES / self._job_bytes)))
+        credit = window - self.ledger.held_by(slave.ident)
         if credit <= 0:
             self._waiting.discard(slave.ident)
             return
+        self.ledger.max_batch = batch
         batches = self.ledger.take(slave.ident, credit, now, alone=self._takers() <= 1)
         for i, batch in enumerate(batches):
             credit -= len(batch.jobs)
@@ -534,6 +544,8 @@ class Master:
             self._fatal = _unpicklable(batch)
             self._finished.set()
             return False
+        size = len(frames[2]) / len(batch.jobs)
+        self._job_bytes = size if not self._job_bytes else 0.8 * self._job_bytes + 0.2 * size
         if not self.sock.send(slave.ident, frames):
             self._lose(slave, "disconnected")
             return False
