@@ -544,7 +544,7 @@ class Master:
             self._fatal = _unpicklable(batch)
             self._finished.set()
             return False
-        size = len(frames[2]) / len(batch.jobs)
+        size = len(frames[p.BODY_FRAME]) / len(batch.jobs)
         self._job_bytes = size if not self._job_bytes else 0.8 * self._job_bytes + 0.2 * size
         if not self.sock.send(slave.ident, frames):
             self._lose(slave, "disconnected")

@@ -46,6 +46,8 @@ DONE = b"DONE"  # body: [finished, failed, nonce or null]; the run is complete: 
 SLAVE_KINDS = frozenset({READY, ACK, HEARTBEAT, BYE})
 MASTER_KINDS = frozenset({WELCOME, JOBS, PING, STOP, DONE})
 
+BODY_FRAME = 2
+"""Index of the body among a message's frames."""
 EPOCH_BYTES = 8
 _HEADER = struct.Struct("!8sQ")
 MAC_BYTES = hashlib.sha256().digest_size

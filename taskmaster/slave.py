@@ -50,11 +50,11 @@ JOIN_RETRY_S = 0.05
 knocking every second after the first few)."""
 JOIN_FAST_S = 5.0
 WAKE_S = 0.2
+"""Longest the serving loop sleeps without a message, so that it notices it should exit."""
 ACK_DELAY_S = 0.1
 """Longest a slave with plenty of queued work holds back an acknowledgement, to send several in
 one message: each message wakes the master, and on a host with as many busy slaves as cores
 the master's turn is taken from a slave. A slave running low on work acknowledges at once."""
-"""Longest the serving loop sleeps without a message, so that it notices it should exit."""
 NO_EPOCH = bytes(p.EPOCH_BYTES)
 
 
@@ -183,11 +183,11 @@ class Slave:
             if frames is not None:
                 self._last_heard = now
                 self._handle(frames)
-            if self._report_due is not None and now - self._report_due >= ACK_DELAY_S:
-                self._report()
             elif self.epoch == NO_EPOCH and now - self._last_heard < JOIN_FAST_S:
                 # Knock until a master answers; it replies WELCOME to an unknown slave.
                 self._send(p.HEARTBEAT, self._heartbeat_body())
+            if self._report_due is not None and now - self._report_due >= ACK_DELAY_S:
+                self._report()
             if now - self._last_heard > self.cfg.master_timeout_s:
                 log.error("no master at %s for %.0fs; giving up (is tm-master running there? "
                           "--master-timeout waits longer)", self.cfg.address,
