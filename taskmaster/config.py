@@ -108,6 +108,9 @@ class Target:
         if not path.is_file():
             raise ConfigError(f"target {self.spec!r}: no such file {str(path)!r}")
         name = "_taskmaster_target_" + re.sub(r"\W", "_", path.stem)
+        loaded = sys.modules.get(name)
+        if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path.resolve():
+            return loaded  # tm-run loads get_jobs and handle_job: one import, as for a module
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise ConfigError(f"target {self.spec!r}: {str(path)!r} is not a Python file")

@@ -58,6 +58,7 @@ DONE_LINGER_S = 2.0
 DROP_LOG_INTERVAL_S = 10.0
 WELCOME_REPEAT_S = 0.5
 """Least time between two WELCOMEs to one slave: knocks are not answered more often."""
+FIRST_BATCH_JOBS = 100
 MAX_TRACKED_SENDERS = 100_000
 MAX_ERROR_CHARS = 100_000
 """Longest error text (a traceback, usually) kept from a slave's report."""
@@ -511,7 +512,11 @@ class Master:
         # Absolute, not incremental, credit: what the slave asks to hold minus what it holds.
         # A lost message then cannot leave master and slave disagreeing for good.
         window, batch = min(slave.window, MAX_WINDOW_JOBS), MAX_BATCH_JOBS
-        if self._job_bytes:
+        if not self._job_bytes:
+            # Until one batch has shown how large a job pickles, a small one: 5 000 unknown
+            # jobs could be more than a slave accepts in one message.
+            batch = FIRST_BATCH_JOBS
+        else:
             # Large jobs: bounded in bytes too, but never below a job per greenlet.
             window = min(window, max(slave.concurrency, int(WINDOW_BYTES / self._job_bytes)))
             batch = max(1, min(batch, int(BATCH_BYTES / self._job_bytes)))

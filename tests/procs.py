@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
+
 TESTS = Path(__file__).resolve().parent
 JOBS = TESTS / "jobs"
 
@@ -94,9 +96,17 @@ class Proc:
             os.kill(self.pid, signum)
 
     def kill(self) -> None:
-        """SIGKILL the whole process group (the command and anything it started)."""
+        """SIGKILL the command and everything it started: its process group, and its
+        descendants, which tm-run and tm-spawn put in sessions of their own."""
+        try:
+            descendants = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
+        for child in descendants:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
         self._reader.join(5)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from procs import Proc, Procs, free_address, read_ledger
@@ -200,6 +201,111 @@ def test_run_takes_a_script_path(procs: Procs, tmp_path: Path) -> None:
     assert run.code == 0, run.output
     run.expect(r"run complete: 50 finished, 0 failed", timeout=1)
     assert sorted(read_ledger(ledger)) == sorted(f"handle {i}" for i in range(50))
+
+
+MARKED_SCRIPT = '''\
+"""Notes the pid of every process that imports it, and the pid that ran each job."""
+
+import os
+import time
+
+
+def _append(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (text + "\\n").encode())
+    finally:
+        os.close(fd)
+
+
+_append(os.environ["IMPORTS"], str(os.getpid()))
+
+
+def get_jobs(last=0, count="300"):
+    yield from range(int(last), int(count))
+
+
+def handle_job(job):
+    time.sleep(float(os.environ.get("SLEEP_S", "0")))
+    _append(os.environ["LEDGER"], f"{job} {os.getpid()}")
+'''
+
+
+def marked_run(procs: Procs, tmp_path: Path, *args: str, **extra: str) -> tuple[Proc, Path, Path]:
+    (tmp_path / "marked.py").write_text(MARKED_SCRIPT)
+    imports = tmp_path / "imports.txt"
+    ledger, env = ledger_env(tmp_path, IMPORTS=str(imports), **extra)
+    return procs.start("tm-run", "marked.py", *args, NO_PROGRESS, env=env), ledger, imports
+
+
+@pytest.mark.parametrize(("options", "imports_expected"), [([], 1), (["--no-monkey-patch"], 3)])
+def test_run_forks_its_slaves_from_its_own_import(procs: Procs, tmp_path: Path,
+                                                  options: list[str],
+                                                  imports_expected: int) -> None:
+    run, ledger, imports = marked_run(procs, tmp_path, "2", "count=300", *options)
+
+    assert run.wait(RUN_S) == 0, run.output
+    jobs = [int(line.split()[0]) for line in read_ledger(ledger)]
+    assert sorted(jobs) == list(range(300))
+    importers = read_ledger(imports)
+    # Forked slaves share tm-run's import; unpatched slaves cannot, and import for themselves.
+    assert len(importers) == imports_expected, importers
+    assert importers[0] == str(run.pid)
+    workers = {line.split()[1] for line in read_ledger(ledger)}
+    assert str(run.pid) not in workers
+
+
+def test_run_restarts_a_killed_forked_slave_as_a_fresh_process(procs: Procs,
+                                                                tmp_path: Path) -> None:
+    count = 3000
+    run, ledger, imports = marked_run(procs, tmp_path, "2", f"count={count}", "--lease-timeout",
+                                      "3", SLEEP_S="0.02")
+    poll(lambda: len(read_ledger(ledger)) >= 300, START_S, "jobs to run", run)
+    slaves = psutil.Process(run.pid).children()
+    assert len(slaves) == 2
+    slaves[0].kill()
+
+    assert run.wait(RUN_S) == 0, run.output
+    run.expect(r"slave 0 \(pid \d+\) died with 137; restarting", timeout=1)
+    jobs = [int(line.split()[0]) for line in read_ledger(ledger)]
+    assert set(jobs) == set(range(count))
+    # The replacement imported the script itself: a fork of a serving master would copy it.
+    importers = read_ledger(imports)
+    assert len(importers) == 2 and importers[0] == str(run.pid), importers
+    assert importers[1] not in {str(s.pid) for s in slaves}
+
+
+LARGE_JOBS_SCRIPT = '''\
+"""Jobs of 40 KB each: a few thousand of them are more than one message may carry (64 MiB)."""
+
+import os
+
+
+def get_jobs(last=None, count="20000"):
+    start = 0 if last is None else int.from_bytes(last[:4], "big")
+    for i in range(start, int(count)):
+        yield i.to_bytes(4, "big") * 10_000
+
+
+def handle_job(job):
+    fd = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{int.from_bytes(job[:4], 'big')}\\n".encode())
+    finally:
+        os.close(fd)
+'''
+
+
+def test_run_moves_large_jobs_in_batches_a_slave_accepts(procs: Procs, tmp_path: Path) -> None:
+    (tmp_path / "large.py").write_text(LARGE_JOBS_SCRIPT)
+    ledger, env = ledger_env(tmp_path)
+
+    run = procs.run("tm-run", "large.py", "1", NO_PROGRESS, env=env, timeout=RUN_S)
+
+    assert run.code == 0, run.output
+    # Without a bound in bytes, a slave's window of fast jobs grows to batches of 5 000
+    # (200 MB): the slave's socket refuses them, and the run never ends.
+    assert sorted(ledger_ints(ledger)) == list(range(20_000))
 
 
 # -- 3. tm-spawn --------------------------------------------------------------------------------
