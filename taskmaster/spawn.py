@@ -13,6 +13,7 @@ greenlets into the slave: restarts are always fresh interpreters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -59,9 +60,11 @@ class Forked:
             except BaseException:  # noqa: BLE001 - whatever it is, the child must not return
                 traceback.print_exc()
             finally:
-                # Never back into the parent's code: its clean-up is the parent's to do.
-                sys.stdout.flush()
-                sys.stderr.flush()
+                # Never back into the parent's code: its clean-up is the parent's to do. A
+                # flush that fails (a closed pipe) must not stop the exit either.
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
                 os._exit(code)
 
     def poll(self) -> int | None:
