@@ -118,9 +118,11 @@ class Ledger:
 
     # -- the slave side --------------------------------------------------------------------
 
-    def take(self, slave: bytes, credit: int, now: float, *, alone: bool = False) -> list[Batch]:
+    def take(self, slave: bytes, credit: int, now: float, *, alone: bool = False,
+             max_batch: int | None = None) -> list[Batch]:
         """Lease up to ``credit`` jobs to ``slave``: retries that are due, then handed-back
-        jobs, then fresh ones. ``alone`` says no other slave could take a retry instead."""
+        jobs, then fresh ones, cut in batches of at most ``max_batch`` (default: the ledger's).
+        ``alone`` says no other slave could take a retry instead."""
         out: list[Batch] = []
         if self._retrying:
             credit = self._take_retries(slave, credit, now, alone, out)
@@ -132,7 +134,7 @@ class Ledger:
             self._ready_jobs -= len(batch.jobs)
             credit -= self._lease(batch, slave, out, now)
         while credit > 0 and self._buffer:
-            batch = self._cut(min(credit, self.max_batch))
+            batch = self._cut(min(credit, max_batch or self.max_batch))
             credit -= self._lease(batch, slave, out, now)
         return out
 

@@ -511,21 +511,21 @@ class Master:
             return
         # Absolute, not incremental, credit: what the slave asks to hold minus what it holds.
         # A lost message then cannot leave master and slave disagreeing for good.
-        window, batch = min(slave.window, MAX_WINDOW_JOBS), MAX_BATCH_JOBS
+        window, max_batch = min(slave.window, MAX_WINDOW_JOBS), MAX_BATCH_JOBS
         if not self._job_bytes:
             # Until one batch has shown how large a job pickles, a small one: 5 000 unknown
             # jobs could be more than a slave accepts in one message.
-            batch = FIRST_BATCH_JOBS
+            max_batch = FIRST_BATCH_JOBS
         else:
             # Large jobs: bounded in bytes too, but never below a job per greenlet.
             window = min(window, max(slave.concurrency, int(WINDOW_BYTES / self._job_bytes)))
-            batch = max(1, min(batch, int(BATCH_BYTES / self._job_bytes)))
+            max_batch = max(1, min(max_batch, int(BATCH_BYTES / self._job_bytes)))
         credit = window - self.ledger.held_by(slave.ident)
         if credit <= 0:
             self._waiting.discard(slave.ident)
             return
-        self.ledger.max_batch = batch
-        batches = self.ledger.take(slave.ident, credit, now, alone=self._takers() <= 1)
+        batches = self.ledger.take(slave.ident, credit, now, alone=self._takers() <= 1,
+                                   max_batch=max_batch)
         for i, batch in enumerate(batches):
             credit -= len(batch.jobs)
             if not self._send_batch(slave, batch, unsent=batches[i + 1:]):
@@ -568,7 +568,7 @@ class Master:
                 break
 
     def _lose(self, slave: SlaveInfo, why: str) -> None:
-        held = sum(len(b.jobs) for b in self.ledger.leases.values() if b.slave == slave.ident)
+        held = self.ledger.held_by(slave.ident)
         log.warning("slave %s lost (%s); %d leased jobs go out again", slave.name, why, held)
         self._forget(slave)
         final = self.ledger.lose(slave.ident, slave.started, slave.reported_at)
