@@ -28,16 +28,13 @@ from .config import (
     SECRET_ENV,
     MasterConfig,
     SlaveConfig,
-    Target,
     load_secret,
-    parse_kwargs,
 )
-from .errors import EXIT_FAILED, EXIT_OK, ConfigError, TaskmasterError, UserCodeError
+from .errors import EXIT_FAILED, ConfigError, Outcome, TaskmasterError, UserCodeError
+from .target import Target, parse_kwargs
 
 log = logging.getLogger("taskmaster")
 
-SLAVE_EXIT_GRACE_S = 1.0
-"""After a complete run, how long tm-run lets its slaves leave by themselves."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
@@ -66,13 +63,14 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _security(opts: dict[str, Any]) -> dict[str, Any]:
-    """The security settings shared by every command, validated."""
+def _security(opts: dict[str, Any], secret: bytes | None = None) -> dict[str, Any]:
+    """The security settings shared by every command, validated (``secret``: one of the
+    run's own, when there is neither a --secret-file nor $TASKMASTER_SECRET)."""
     if opts["insecure"]:
         log.warning("--insecure: messages are not authenticated; anyone who can reach the "
                     "address can read jobs and forge results")
-    return {"secret": load_secret(opts["secret_file"]), "insecure": opts["insecure"],
-            "curve_dir": opts["curve_dir"]}
+    return {"secret": load_secret(opts["secret_file"]) or secret,
+            "insecure": opts["insecure"], "curve_dir": opts["curve_dir"]}
 
 
 def _address(default: str | None = DEFAULT_ADDRESS) -> Callable[[Any], Any]:
@@ -156,10 +154,11 @@ def _entry_points_read_once() -> Iterator[None]:
         metadata.entry_points = original
 
 
-def _execute(name: str, body: Callable[[], int]) -> NoReturn:
+def _execute(name: str, body: Callable[[], int | Outcome]) -> NoReturn:
     """Run a command body and exit with its status; our errors become one clear line."""
     try:
-        code = body()
+        result = body()
+        code = result.exit_code if isinstance(result, Outcome) else result
     except UserCodeError as e:
         click.echo(f"{name}: {e}\n{e.user_traceback.rstrip()}", err=True)
         code = EXIT_FAILED
@@ -182,22 +181,23 @@ def _load(spec: str, default_func: str) -> Callable[..., Any]:
 
 
 def _master_config(target: str, pairs: tuple[str, ...], address: str, opts: dict[str, Any],
-                   no_progress: bool) -> MasterConfig:
+                   no_progress: bool, secret: bytes | None = None) -> MasterConfig:
     return MasterConfig(
         target=Target.parse(target, "get_jobs"), kwargs=parse_kwargs(pairs), address=address,
         size=opts["size"], state_path=opts["state_file"], failures_path=opts["failures_file"],
         reset=opts["reset"], lease_timeout_s=opts["lease_timeout"],
         max_retries=opts["max_retries"], max_deaths=opts["max_deaths"],
         stop_wait_s=opts["stop_wait"], retry_failures=opts["retry_failures"],
-        progress=not no_progress, **_security(opts))
+        progress=not no_progress, **_security(opts, secret))
 
 
 def _slave_config(target: str, address: str, opts: dict[str, Any],
-                  no_progress: bool) -> SlaveConfig:
+                  no_progress: bool, secret: bytes | None = None) -> SlaveConfig:
     return SlaveConfig(
         target=Target.parse(target, "handle_job"), address=address,
         concurrency=opts["concurrency"], master_timeout_s=opts["master_timeout"],
-        job_timeout_s=opts["job_timeout"], progress=not no_progress, **_security(opts))
+        job_timeout_s=opts["job_timeout"], progress=not no_progress,
+        **_security(opts, secret))
 
 
 def _slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str) -> list[str]:
@@ -231,7 +231,7 @@ def master(target: str, pairs: tuple[str, ...], address: str, log_level: str,
     """Serve the jobs of TARGET's get_jobs (module, module:func or path/file.py[:func])."""
     _setup_logging(log_level)
 
-    def body() -> int:
+    def body() -> Outcome:
         cfg = _master_config(target, pairs, address, opts, no_progress)
         _green()
         from .master import Master
@@ -277,20 +277,9 @@ def spawn(target: str, n: int, address: str, log_level: str, no_progress: bool,
         _green()
         from .spawn import Supervisor
 
-        sup = Supervisor(_slave_argv(target, address, opts, log_level), n)
-        _forward_signals(sup)
-        return sup.wait()
+        return Supervisor(_slave_argv(target, address, opts, log_level), n).wait()
 
     _execute("tm-spawn", body)
-
-
-def _forward_signals(sup: Any) -> None:
-    import signal
-
-    import gevent
-
-    for s in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(s, sup.signal, s)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -307,21 +296,37 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
     """Run SCRIPT's get_jobs and handle_job with N local slaves; exit when the run is done."""
     _setup_logging(log_level)
 
-    def body() -> int:
+    def body() -> Outcome:
         if Target.parse(script, "get_jobs").func != "get_jobs" or ":" in Path(script).name:
             raise ConfigError(f"tm-run takes a module or file with both get_jobs and handle_job, "
-                        f"not a function: {script!r}")
+                              f"not a function: {script!r}")
+        # A run of our own gets a secret of its own, so that other local users cannot join
+        # it: given to our slaves (forks get it in their config, others in their environment),
+        # never put in this process's own environment.
+        secret = None
         env = dict(os.environ)
         if opts["secret_file"] is None and not env.get(SECRET_ENV):
-            # A run of our own gets a secret of its own: other local users cannot join it.
-            env[SECRET_ENV] = os.environ[SECRET_ENV] = secrets.token_hex(32)
+            env[SECRET_ENV] = secrets.token_hex(32)
+            secret = env[SECRET_ENV].encode()
         # Our own endpoint: a socket file in a fresh private directory cannot collide with
         # another run, and is known before binding, so the slaves start (and spend their
         # start-up) while the master starts too.
         rundir = None if address else tempfile.mkdtemp(prefix="tm-run-")
         try:
-            return _run(script, n, pairs, address or f"ipc://{rundir}/master", env, log_level,
-                        no_progress, opts)
+            cfg = _master_config(script, pairs, address or f"ipc://{rundir}/master", opts,
+                                 no_progress, secret)
+            slave_cfg = _slave_config(script, cfg.address, opts, True, secret)
+            _green()
+            from .runner import run_here
+
+            get_jobs = _load(script, "get_jobs")
+            # A missing one is a usage error here, rather than N slaves that die at start.
+            handle_job = _load(script, "handle_job")
+            # An unpatched slave cannot be a fork of this patched process.
+            fork = None if opts["no_monkey_patch"] else (
+                lambda: _serve_as_slave(slave_cfg, handle_job))
+            return run_here(cfg, get_jobs, n, env=env, fork=fork,
+                            slave_argv=lambda bound: _slave_argv(script, bound, opts, log_level))
         finally:
             if rundir is not None:
                 shutil.rmtree(rundir, ignore_errors=True)
@@ -329,54 +334,8 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
     _execute("tm-run", body)
 
 
-def _run(script: str, n: int, pairs: tuple[str, ...], address: str, env: dict[str, str],
-         log_level: str, no_progress: bool, opts: dict[str, Any]) -> int:
-    cfg = _master_config(script, pairs, address, opts, no_progress)
-    slave_cfg = _slave_config(script, cfg.address, opts, no_progress=True)
-    _green()
-    import gevent
-
-    from .master import Master
-    from .spawn import POLL_S, Supervisor
-
-    get_jobs = _load(script, "get_jobs")
-    # A missing one is a usage error here, rather than N slaves that die at start.
-    handle_job = _load(script, "handle_job")
-    supervisors: list[Supervisor] = []
-
-    def start_slaves(bound: str, fork: bool = False) -> None:
-        if not supervisors:
-            sup = Supervisor(_slave_argv(script, bound, opts, log_level), n, env,
-                             fork=(lambda: _serve_as_slave(slave_cfg, handle_job)) if fork
-                             else None)
-            supervisors.append(sup)
-            gevent.spawn(watch, sup)
-
-    def watch(sup: Supervisor) -> None:
-        # Restart slaves that die; if none is left, the run cannot go on.
-        while sup.poll():
-            gevent.sleep(POLL_S)
-        if sup.all_gave_up():
-            master.abort(f"all {n} slaves are down for good; see their messages above")
-
-    if not cfg.address.endswith(":*"):
-        # Before the master makes its first socket or greenlet (nothing of it may be copied
-        # into a fork); an unpatched slave cannot be a fork of this patched process.
-        start_slaves(cfg.address, fork=not opts["no_monkey_patch"])
-    code = EXIT_FAILED
-    try:
-        master = Master(cfg, get_jobs, on_bound=start_slaves,
-                        expected_gone=lambda: all(not s.poll() for s in supervisors))
-        code = master.run()
-    finally:
-        for sup in supervisors:
-            # After a complete run the slaves have been told so and leave by themselves.
-            sup.stop(grace_s=SLAVE_EXIT_GRACE_S if code in (EXIT_OK, EXIT_FAILED) else 0)
-    return code
-
-
 def _serve_as_slave(cfg: SlaveConfig, handle_job: Callable[[Any], Any]) -> NoReturn:
-    """A forked slave's whole life (see spawn.py), errors reported as tm-slave's own."""
+    """A forked slave's whole life (see runner.py), errors reported as tm-slave's own."""
     from .slave import Slave
 
     _execute("tm-slave", lambda: Slave(cfg, handle_job).run())

@@ -1,25 +1,22 @@
-"""Defaults, validated configuration, target loading and the run's identity.
+"""Every tunable number, once, with its unit in its name; and the validated configurations.
 
-Every tunable number lives here once, with its unit in its name.
+The defaults of the command-line options come first, then the internal constants grouped by
+the part that uses them. Nothing here does I/O but `load_secret`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import ipaddress
-import json
 import os
-import re
-import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .target import FAILURES_SUFFIX, STATE_SUFFIX, Target, default_state_path, failures_path_for
+
+# -- option defaults ------------------------------------------------------------------------
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:3050"
 DEFAULT_BUFFER_SIZE = 10_000
@@ -29,134 +26,96 @@ DEFAULT_MASTER_TIMEOUT_S = 300.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_DEATHS = 3
 DEFAULT_STOP_WAIT_S = 30.0
+
+# -- liveness and checkpoints ---------------------------------------------------------------
+
 HEARTBEAT_INTERVAL_S = 1.0
+"""Between two heartbeats of a slave, and two PINGs of the master."""
 CHECKPOINT_INTERVAL_S = 1.0
 PROGRESS_LOG_INTERVAL_S = 5.0
+"""Between two progress log lines when the output is not a terminal."""
 RETRY_BACKOFF_BASE_S = 0.5
 RETRY_BACKOFF_MAX_S = 30.0
+
+# -- the master -----------------------------------------------------------------------------
+
+MASTER_TICK_S = 0.25
+"""Between two rounds of the master's periodic work (expiry, pings, checkpoints, progress)."""
+FEED_TURN_S = 0.01
+"""Longest the feeder thread collects jobs before it hands them over: long enough to make
+chunks of thousands when the stream is fast, short enough that a slow stream's jobs go out
+as they come."""
+FEED_STEP_MAX_JOBS = 4096
+"""Most jobs the feeder pulls in one C-level step (see feeder.py)."""
+DONE_LINGER_S = 2.0
+"""After the run, how long the master waits for slaves to acknowledge DONE."""
+DROP_LOG_INTERVAL_S = 10.0
+"""Least time between two log lines about dropped messages: a flood must not flood the log."""
+WELCOME_REPEAT_S = 0.5
+"""Least time between two WELCOMEs to one slave: knocks are not answered more often."""
+MAX_TRACKED_SENDERS = 100_000
+"""Bound on the replay counters and pending welcomes kept per sender identity."""
+
+# -- dispatch: what the master leases to one slave ------------------------------------------
+
 MAX_BATCH_JOBS = 5000
-"""Largest batch the master puts in one message (and the unit of acknowledgement)."""
+"""Largest batch in one message (and the unit of acknowledgement)."""
+FIRST_BATCH_JOBS = 100
+"""Batch size until the pickled size of a job is known."""
 MAX_WINDOW_JOBS = 20_000
 """Most jobs one slave may hold at once: the bound on a slave's leases."""
 BATCH_BYTES = 512 * 1024
 WINDOW_BYTES = 4 * 1024 * 1024
 """The same two bounds in pickled bytes, for large jobs: what the master holds for each slave
 (and copies into messages for it) stays a few megabytes whatever the size of a job."""
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest message body either side accepts."""
+MESSAGE_SLACK_BYTES = 4096
+"""Headroom beyond the largest body for the kind, header and signature frames."""
+MAX_ERROR_CHARS = 100_000
+"""Longest error text (a traceback, usually) kept from a slave's report."""
+MAX_NAME_CHARS = 256
+"""Longest identity, nonce or exception name taken from a message."""
+MAX_HOST_CHARS = 200
+
+# -- the slave ------------------------------------------------------------------------------
+
 SLAVE_WORK_AHEAD_S = 0.2
 """How much work, in seconds, a slave asks to hold so that it never waits for the master."""
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+PIECE_S = 0.05
+"""Work one greenlet does in one turn before it lets the others (and the socket) run."""
+SLAVE_STOP_WAIT_S = 30.0
+"""On SIGINT/SIGTERM, how long running jobs get to finish before the slave leaves anyway."""
+JOIN_RETRY_S = 0.05
+"""How often a slave knocks while no master has welcomed it, for the first `JOIN_FAST_S`
+(the heartbeat thread keeps knocking every second after that)."""
+JOIN_FAST_S = 5.0
+SLAVE_WAKE_S = 0.2
+"""Longest the slave's loop sleeps without a message, so that it notices it should exit."""
+ACK_DELAY_S = 0.1
+"""Longest a slave with plenty of queued work holds back an acknowledgement, to send several in
+one message: each message wakes the master, and on a host with as many busy slaves as cores
+the master's turn is taken from a slave. A slave running low on work acknowledges at once."""
+RECONNECT_FIRST_MS = 100
+RECONNECT_MAX_MS = 4000
+"""Reconnect quickly at first (a restarted master is back within a second), backing off to a
+few seconds so that a long outage does not mean a storm of connection attempts."""
+
+# -- supervision (tm-spawn, tm-run) ---------------------------------------------------------
+
+MAX_RESTARTS = 5
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 30.0
+SUPERVISE_POLL_S = 0.2
+SUPERVISOR_STOP_WAIT_S = 40.0
+"""How long slaves get to finish their running jobs after a forwarded signal."""
+SLAVE_EXIT_GRACE_S = 1.0
+"""After a complete run, how long tm-run lets its slaves leave by themselves."""
+
+# -- security -------------------------------------------------------------------------------
 
 SECRET_ENV = "TASKMASTER_SECRET"
 MIN_SECRET_BYTES = 16
-
-STATE_SUFFIX = ".tmstate"
-FAILURES_SUFFIX = ".failures.jsonl"
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where the user's function lives: ``module``, ``module:func`` or ``path/file.py[:func]``."""
-
-    spec: str
-    location: str
-    func: str
-
-    @classmethod
-    def parse(cls, spec: str, default_func: str) -> Target:
-        location, sep, func = spec.rpartition(":") if _has_func(spec) else (spec, "", "")
-        if not location or (sep and not func.isidentifier()):
-            raise ConfigError(
-                f"bad target {spec!r}: expected module, module:function or path/file.py[:function]"
-            )
-        return cls(spec, location, func or default_func)
-
-    @property
-    def is_path(self) -> bool:
-        return self.location.endswith(".py") or "/" in self.location or "\\" in self.location
-
-    def load(self) -> Callable[..., Any]:
-        """Import the module (or file) and return the function, or raise one clear ConfigError."""
-        module = self._load_path() if self.is_path else self._load_module()
-        try:
-            func = getattr(module, self.func)
-        except AttributeError:
-            raise ConfigError(
-                f"target {self.spec!r}: {self.location} has no function {self.func!r}; "
-                f"define it or name another with {self.location}:FUNCTION"
-            ) from None
-        if not callable(func):
-            raise ConfigError(f"target {self.spec!r}: {self.func!r} is not callable")
-        return func
-
-    def _load_module(self) -> Any:
-        # A module named on the command line is looked up from the current directory too,
-        # as `python -m` would.
-        if "" not in sys.path and str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))
-        try:
-            return importlib.import_module(self.location)
-        except ModuleNotFoundError as e:
-            if e.name and (self.location == e.name or self.location.startswith(e.name + ".")):
-                raise ConfigError(
-                    f"target {self.spec!r}: no module named {e.name!r}; "
-                    "check the spelling, install it, or run from the directory that holds it"
-                ) from None
-            raise
-
-    def _load_path(self) -> Any:
-        path = Path(self.location)
-        if not path.is_file():
-            raise ConfigError(f"target {self.spec!r}: no such file {str(path)!r}")
-        name = "_taskmaster_target_" + re.sub(r"\W", "_", path.stem)
-        loaded = sys.modules.get(name)
-        if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path.resolve():
-            return loaded  # tm-run loads get_jobs and handle_job: one import, as for a module
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise ConfigError(f"target {self.spec!r}: {str(path)!r} is not a Python file")
-        module = importlib.util.module_from_spec(spec)
-        # Registered before running so that pickled jobs whose classes live in the script
-        # refer to a module name the slave, loading the same file, will also have.
-        sys.modules[name] = module
-        sys.path.insert(0, str(path.resolve().parent))
-        spec.loader.exec_module(module)
-        return module
-
-
-def _has_func(spec: str) -> bool:
-    # A Windows drive letter (C:\x.py) is not a function separator.
-    head, sep, tail = spec.rpartition(":")
-    return bool(sep) and not (len(head) == 1 and tail.startswith(("\\", "/")))
-
-
-def parse_kwargs(pairs: Sequence[str]) -> dict[str, str]:
-    """Turn ``KEY=VALUE`` words into keyword arguments for ``get_jobs`` (values stay strings)."""
-    kwargs: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise ConfigError(f"bad argument {pair!r}: expected KEY=VALUE with KEY a Python name")
-        if key == "last":
-            raise ConfigError("'last' is set by taskmaster on resume; pass other KEY=VALUE pairs")
-        kwargs[key] = value
-    return kwargs
-
-
-def default_state_path(target: Target, kwargs: dict[str, str]) -> Path:
-    """The state file for this run: in the current directory, named from target and kwargs."""
-    # A file is named by its absolute path: ./jobs.py and jobs.py are the same run.
-    location = str(Path(target.location).resolve()) if target.is_path else target.location
-    identity = json.dumps([location, target.func, sorted(kwargs.items())])
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(target.location).stem if target.is_path
-                  else target.location)
-    return Path.cwd() / f"{stem}-{target.func}-{digest}{STATE_SUFFIX}"
-
-
-def failures_path_for(state_path: Path) -> Path:
-    """Where failures are recorded when no --failures-file is given: beside the state file."""
-    name = state_path.name.removesuffix(STATE_SUFFIX)
-    return state_path.with_name(name + FAILURES_SUFFIX)
 
 
 def is_loopback_address(address: str) -> bool:
@@ -174,8 +133,11 @@ def is_loopback_address(address: str) -> bool:
 
 
 def check_address(address: str) -> str:
-    """Validate a ZeroMQ endpoint; raise ConfigError with the expected form otherwise."""
-    # ":*" asks the system for a free port; urlsplit would reject it as a port number.
+    """Validate a ZeroMQ endpoint; raise ConfigError with the expected form otherwise.
+
+    Port 0 (or ``*``) asks the system for a free port: the master logs the one it got.
+    """
+    # urlsplit rejects "*" as a port number.
     parts = urlsplit(address.removesuffix(":*") + ":0" if address.endswith(":*") else address)
     if parts.scheme in ("ipc", "inproc") and (parts.netloc or parts.path):
         return address
@@ -220,14 +182,13 @@ def signing_key(secret: bytes | None) -> bytes | None:
 
 def check_exposure(address: str, secret: bytes | None, insecure: bool, role: str) -> None:
     """Refuse to talk off loopback without a secret, unless the user insists (--insecure)."""
-    if secret is not None or is_loopback_address(address):
+    if secret is not None or is_loopback_address(address) or insecure:
         return
-    if not insecure:
-        verb = "bind" if role == "master" else "connect to"
-        raise ConfigError(
-            f"refusing to {verb} non-loopback {address} without a shared secret: anyone who "
-            f"can reach it could read or forge jobs; set ${SECRET_ENV} or --secret-file "
-            "(or pass --insecure on a network you trust)")
+    verb = "bind" if role == "master" else "connect to"
+    raise ConfigError(
+        f"refusing to {verb} non-loopback {address} without a shared secret: anyone who "
+        f"can reach it could read or forge jobs; set ${SECRET_ENV} or --secret-file "
+        "(or pass --insecure on a network you trust)")
 
 
 @dataclass
@@ -238,8 +199,8 @@ class MasterConfig:
     kwargs: dict[str, str] = field(default_factory=dict)
     address: str = DEFAULT_ADDRESS
     size: int = DEFAULT_BUFFER_SIZE
-    state_path: Path | None = None
-    failures_path: Path | None = None
+    state_path: Path = field(default=None)  # type: ignore[assignment] # set in __post_init__
+    failures_path: Path = field(default=None)  # type: ignore[assignment] # likewise
     reset: bool = False
     lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S
     max_retries: int = DEFAULT_MAX_RETRIES
@@ -272,6 +233,20 @@ class MasterConfig:
         if self.failures_path is None:
             self.failures_path = failures_path_for(self.state_path)
 
+    @property
+    def identity(self) -> dict[str, object]:
+        """What makes two runs the same run: a state file belongs to exactly one."""
+        return {"target": self.target.identity, "kwargs": dict(sorted(self.kwargs.items())),
+                "retry_failures": (str(self.retry_failures.resolve())
+                                   if self.retry_failures is not None else None)}
+
+    @property
+    def security(self) -> str:
+        """How the run's messages are protected, in a few words for the log."""
+        if self.secret is None:
+            return "no shared secret: loopback only" if not self.insecure else "INSECURE: unsigned"
+        return "signed with the shared secret" + (", Curve-encrypted" if self.curve_dir else "")
+
 
 @dataclass
 class SlaveConfig:
@@ -283,6 +258,8 @@ class SlaveConfig:
     master_timeout_s: float = DEFAULT_MASTER_TIMEOUT_S
     job_timeout_s: float | None = None
     progress: bool = True
+    """Log what this slave has done every few seconds (tm-spawn and tm-run turn it off: their
+    master shows the run's progress)."""
     secret: bytes | None = field(default=None, repr=False)
     insecure: bool = False
     curve_dir: Path | None = None

@@ -1,6 +1,9 @@
-"""The exception tree and the exit codes every command maps its outcome to."""
+"""The exception tree, the exit codes, and the outcome of a run that commands map to them."""
 
 from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
 
 EXIT_OK = 0
 """Every job finished and none was recorded as failed."""
@@ -10,6 +13,11 @@ EXIT_USAGE = 2
 """Bad command line, bad target, unusable state file: nothing was run."""
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+
+
+def exit_code_for_signal(signum: int) -> int:
+    """130 for SIGINT, 143 for SIGTERM and the signals that count as it (SIGHUP)."""
+    return EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
 
 
 class TaskmasterError(Exception):
@@ -25,13 +33,13 @@ class ConfigError(TaskmasterError):
 
 
 class StateError(TaskmasterError):
-    """The state file is unreadable, corrupt, or held by another master."""
+    """The state file is unreadable, corrupt, belongs to another run, or is in use."""
 
     exit_code = EXIT_USAGE
 
 
 class TransportError(TaskmasterError):
-    """A socket could not be set up (address in use, unknown host, ...)."""
+    """A socket could not be set up or used (address in use, unknown host, ...)."""
 
     exit_code = EXIT_USAGE
 
@@ -45,3 +53,34 @@ class UserCodeError(TaskmasterError):
     def __init__(self, message: str, user_traceback: str = "") -> None:
         super().__init__(message)
         self.user_traceback = user_traceback
+
+
+class InternalError(TaskmasterError):
+    """A bug of ours: logged as critical with its traceback, the run stopped, state saved."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, with its totals (across restarts); `exit_code` is what a command
+    exits with."""
+
+    finished: int
+    failed: int
+    already_complete: bool = False
+    """The state file said the run was complete before this start: nothing ran."""
+    signal: int | None = None
+    """Stopped by this signal (or the like of it), state saved."""
+    error: TaskmasterError | None = None
+    """Stopped by an error (the user's get_jobs, our own bug, a reason from outside)."""
+
+    @property
+    def complete(self) -> bool:
+        return self.signal is None and self.error is None
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return self.error.exit_code
+        if self.signal is not None:
+            return exit_code_for_signal(self.signal)
+        return EXIT_FAILED if self.failed else EXIT_OK

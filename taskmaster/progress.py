@@ -39,8 +39,8 @@ class Progress:
         self._last_done = 0
         self._last_rate = 0.0
         self._bar: progressbar.ProgressBar | None = None
-        if enabled and sys.stderr.isatty():
-            self._bar = self._make_bar(snapshot().total)
+        # Made at the first update: the stream tells its length once it is open.
+        self._tty = enabled and sys.stderr.isatty()
 
     @staticmethod
     def _make_bar(total: int | None) -> progressbar.ProgressBar:
@@ -63,6 +63,8 @@ class Progress:
             return
         s = self._snapshot()
         now = time.monotonic()
+        if self._tty and self._bar is None:
+            self._bar = self._make_bar(s.total)
         if self._bar is not None:
             self._bar.custom_text.update_mapping(  # type: ignore[attr-defined]
                 rate=self._rate(s, now), failed=s.failed, buffered=s.buffered,

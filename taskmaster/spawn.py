@@ -26,16 +26,17 @@ from dataclasses import dataclass
 
 import gevent
 
+from .config import (
+    MAX_RESTARTS,
+    RESTART_FIRST_S,
+    RESTART_MAX_S,
+    SUPERVISE_POLL_S,
+    SUPERVISOR_STOP_WAIT_S,
+)
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
+from .signals import StopSignals
 
 log = logging.getLogger(__name__)
-
-MAX_RESTARTS = 5
-RESTART_FIRST_S = 1.0
-RESTART_MAX_S = 30.0
-POLL_S = 0.2
-STOP_WAIT_S = 40.0
-"""How long slaves get to finish their running jobs after a forwarded signal."""
 
 
 def slave_command(target: str, options: Sequence[str]) -> list[str]:
@@ -173,9 +174,12 @@ class Supervisor:
         return all(c.status not in (None, EXIT_OK) for c in self.children)
 
     def wait(self) -> int:
-        """Supervise until every child is done; the worst exit status."""
-        while self.poll():
-            gevent.sleep(POLL_S)
+        """Supervise until every child is done, passing stop signals on; the worst status."""
+        with StopSignals(on_second=self.signal) as signals:
+            while self.poll():
+                if signals.requested is not None and not self.stopping:
+                    self.signal(signals.requested)
+                gevent.sleep(SUPERVISE_POLL_S)
         return max((c.status or 0 for c in self.children), default=EXIT_OK)
 
     def signal(self, signum: int) -> None:
@@ -185,16 +189,16 @@ class Supervisor:
             if c.status is None and c.restart_at is None and c.proc.poll() is None:
                 c.proc.send_signal(signum)
 
-    def stop(self, grace_s: float = 0.0, wait_s: float = STOP_WAIT_S) -> int:
+    def stop(self, grace_s: float = 0.0, wait_s: float = SUPERVISOR_STOP_WAIT_S) -> int:
         """Give children ``grace_s`` to exit by themselves, then SIGTERM those still running,
         wait (bounded), and kill what is left."""
         deadline = time.monotonic() + grace_s
         while self.poll() and time.monotonic() < deadline:
-            gevent.sleep(POLL_S / 4)
+            gevent.sleep(SUPERVISE_POLL_S / 4)
         self.signal(signal.SIGTERM)
         deadline = time.monotonic() + wait_s
         while self.poll() and time.monotonic() < deadline:
-            gevent.sleep(POLL_S)
+            gevent.sleep(SUPERVISE_POLL_S)
         for c in self.children:
             if c.proc.poll() is None:
                 log.warning("slave pid %d did not stop; killing it", c.proc.pid)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import fcntl
 import json
+import logging
 import os
 import pickle
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
@@ -16,7 +18,11 @@ from typing import IO, Any
 from .errors import StateError
 from .ledger import Failure
 
-STATE_VERSION = 1
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 2
+"""Version 2 names the job to resume from (``last_job``) apart from the earliest unfinished
+one (``resume_seq``): the first may be the job before the second. Version 1 files are read."""
 
 
 @dataclass
@@ -24,17 +30,20 @@ class Checkpoint:
     """What a restarted master needs: where to resume and what has been done so far."""
 
     resume_seq: int = 0
-    resume_job: Any = None
-    has_resume: bool = False
-    """False on a fresh run (get_jobs is called without `last`) and once the run is complete."""
+    """The earliest job not settled (every job before it is)."""
+    last_seq: int = 0
+    last_job: Any = None
+    has_last: bool = False
+    """False on a fresh run (get_jobs is called without `last`). Otherwise get_jobs resumes
+    from ``last_job``, numbered ``last_seq``: the job at ``resume_seq`` or the one before it."""
     finished: int = 0
     failed: int = 0
     failed_before: int = 0
     """Recorded failures before the resume point: with it, a restart counts each job once
     (jobs after the resume point run again and are counted again)."""
     complete: bool = False
-    target: str = ""
-    kwargs: dict[str, str] | None = None
+    identity: dict[str, Any] | None = None
+    """Target and arguments of the run that wrote it (see `MasterConfig.identity`)."""
 
 
 def encode_job(job: Any) -> str:
@@ -55,6 +64,27 @@ def safe_repr(value: Any, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def check_identity(cp: Checkpoint, identity: dict[str, Any], path: Path) -> None:
+    """Refuse a state file written by another run (another target or other KEY=VALUEs)."""
+    theirs = cp.identity
+    if not theirs:
+        return  # written before runs recorded who they are
+    differs = [key for key in sorted(set(theirs) | set(identity))
+               if theirs.get(key) != identity.get(key)]
+    if differs:
+        said = "; ".join(f"{key} was {_plain(theirs.get(key))}, now {_plain(identity.get(key))}"
+                         for key in differs)
+        raise StateError(
+            f"state file {path} belongs to another run ({said}); start this one over with "
+            "--reset, or give it its own --state-file")
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return "none" if value is None else str(value)
+
+
 class StateFile:
     """The checkpoint file of one run, locked for as long as this object is open."""
 
@@ -62,6 +92,9 @@ class StateFile:
         self.path = path
         self._lock_path = path.with_name(path.name + ".lock")
         self._lock_fd: int | None = None
+        # A process forked while we hold the lock must not hold it too (a lock held by a
+        # slave would outlive its master): the child closes its copy of the descriptor.
+        os.register_at_fork(after_in_child=self._forget_lock)
 
     def __enter__(self) -> StateFile:
         self.lock()
@@ -97,6 +130,11 @@ class StateFile:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def _forget_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def load(self) -> Checkpoint | None:
         """The last checkpoint, None when there is none; StateError when it is unreadable."""
         try:
@@ -106,17 +144,7 @@ class StateFile:
         except OSError as e:
             raise StateError(f"cannot read state file {self.path}: {e.strerror}") from None
         try:
-            data = json.loads(raw)
-            if data.get("version") != STATE_VERSION:
-                raise ValueError(f"unknown version {data.get('version')!r}")
-            job = decode_job(data["resume_job"]) if data["has_resume"] else None
-            return Checkpoint(
-                resume_seq=int(data["resume_seq"]), resume_job=job,
-                has_resume=bool(data["has_resume"]), finished=int(data["finished"]),
-                failed=int(data["failed"]), failed_before=int(data.get("failed_before", 0)),
-                complete=bool(data["complete"]),
-                target=str(data.get("target", "")), kwargs=data.get("kwargs"),
-            )
+            return _parse(json.loads(raw))
         except Exception as e:  # noqa: BLE001 - whatever is wrong, the answer is the same
             raise StateError(
                 f"state file {self.path} is corrupt ({type(e).__name__}: {e}); "
@@ -126,11 +154,11 @@ class StateFile:
     def save(self, cp: Checkpoint) -> None:
         """Replace the checkpoint atomically: a crash leaves the old one or the new one."""
         # Encoded first: a job that cannot be pickled raises here, before anything is written.
-        job = encode_job(cp.resume_job) if cp.has_resume else None
+        job = encode_job(cp.last_job) if cp.has_last else None
         data = {f.name: getattr(cp, f.name) for f in fields(cp)}
         data["version"] = STATE_VERSION
-        data["resume_job"] = job
-        data["resume_repr"] = safe_repr(cp.resume_job) if cp.has_resume else None
+        data["last_job"] = job
+        data["last_repr"] = safe_repr(cp.last_job) if cp.has_last else None
         data["updated"] = time.time()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -145,6 +173,30 @@ class StateFile:
         self.path.unlink(missing_ok=True)
 
 
+def _parse(data: dict[str, Any]) -> Checkpoint:
+    version = data.get("version")
+    if version == 1:
+        # Version 1 resumed from the earliest unfinished job itself, and recorded the target
+        # as it was typed, which cannot be compared reliably: it is not checked.
+        has_last = bool(data["has_resume"])
+        last_seq, last_job = int(data["resume_seq"]), data["resume_job"]
+        identity = None
+    elif version == STATE_VERSION:
+        has_last = bool(data["has_last"])
+        last_seq, last_job = int(data["last_seq"]), data["last_job"]
+        identity = data.get("identity")
+        if identity is not None and not isinstance(identity, dict):
+            raise ValueError("identity is not an object")
+    else:
+        raise ValueError(f"unknown version {version!r}")
+    return Checkpoint(
+        resume_seq=int(data["resume_seq"]), last_seq=last_seq,
+        last_job=decode_job(last_job) if has_last else None, has_last=has_last,
+        finished=int(data["finished"]), failed=int(data["failed"]),
+        failed_before=int(data.get("failed_before", 0)), complete=bool(data["complete"]),
+        identity=identity)
+
+
 def _fsync_dir(path: Path) -> None:
     # The rename itself is durable only once the directory entry is on disk.
     fd = os.open(path, os.O_RDONLY)
@@ -155,30 +207,30 @@ def _fsync_dir(path: Path) -> None:
 
 
 class FailureLog:
-    """Failed jobs as JSON Lines, appended and flushed to disk before they count as finished."""
+    """Failed jobs as JSON Lines, appended and flushed to disk before they count as settled."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: IO[str] | None = None
 
     def record(self, failures: list[Failure]) -> None:
+        """Append the records and fsync them; raises OSError when the disk will not take them."""
         if not failures:
             return
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
-        for f in failures:
-            self._file.write(json.dumps({
-                "seq": f.seq,
-                "job_repr": safe_repr(f.job),
-                "job": encode_job(f.job),
-                "exception": f.error.get("type", ""),
-                "message": f.error.get("message", ""),
-                "traceback": f.error.get("traceback", ""),
-                "attempts": f.attempts,
-                "slave": (f.slave or b"").decode(errors="replace"),
-                "time": time.time(),
-            }) + "\n")
+        self._file.write("".join(json.dumps({
+            "seq": f.origin,
+            "job_repr": safe_repr(f.job),
+            "job": encode_job(f.job),
+            "exception": f.error.type,
+            "message": f.error.message,
+            "traceback": f.error.traceback,
+            "attempts": f.attempts,
+            "slave": (f.slave or b"").decode(errors="replace"),
+            "time": time.time(),
+        }) + "\n" for f in failures))
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -188,19 +240,35 @@ class FailureLog:
             self._file = None
 
 
-def read_failures(path: Path) -> list[tuple[int, Any]]:
-    """(sequence number, job) of every record in a failures file, in file order."""
-    out = []
+def read_failures(path: Path) -> Iterator[tuple[int, Any]]:
+    """(sequence number, job) of each record in a failures file, in file order, read as it
+    goes (a file of millions of records costs no memory). A torn last line, left by a disk
+    that filled mid-record, is skipped with a warning: its job was never settled, so the run
+    that wrote it runs it again."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        f = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the generator
     except OSError as e:
         raise StateError(f"cannot read failures file {path}: {e.strerror}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            out.append((int(rec["seq"]), decode_job(rec["job"])))
-        except Exception as e:  # noqa: BLE001
-            raise StateError(f"failures file {path}, line {n}: unreadable record ({e})") from None
-    return out
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                yield int(rec["seq"]), decode_job(rec["job"])
+            except Exception as e:  # noqa: BLE001
+                if not line.endswith("\n") and not f.read(1):
+                    log.warning("failures file %s: the last line is incomplete (a full disk?); "
+                                "skipping it", path)
+                    return
+                raise StateError(
+                    f"failures file {path}, line {n}: unreadable record ({e})") from None
+
+
+def count_failures(path: Path) -> int:
+    """How many records `read_failures` will yield, counted without decoding any."""
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip() and line.endswith(b"\n"))
+    except OSError as e:
+        raise StateError(f"cannot read failures file {path}: {e.strerror}") from None

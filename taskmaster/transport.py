@@ -17,19 +17,11 @@ import gevent.queue
 import zmq
 import zmq.green as gzmq
 
-from .config import MAX_MESSAGE_BYTES
+from .config import MAX_MESSAGE_BYTES, MESSAGE_SLACK_BYTES, RECONNECT_FIRST_MS, RECONNECT_MAX_MS
 from .errors import TransportError
+from .protocol import HEARTBEAT_SUFFIX
 
 log = logging.getLogger(__name__)
-
-# Reconnect quickly at first (a restarted master is back within a second), backing off to a
-# few seconds so that a long outage does not mean a storm of connection attempts.
-RECONNECT_FIRST_MS = 100
-RECONNECT_MAX_MS = 4000
-HEARTBEAT_SUFFIX = b"/heartbeat"
-"""The heartbeat thread's socket is the slave's identity plus this."""
-# Bytes of headroom beyond the largest body for the small header, kind and signature frames.
-_FRAME_SLACK = 4096
 
 
 def _fail(action: str, address: str, e: zmq.ZMQError) -> TransportError:
@@ -59,7 +51,7 @@ class MasterSocket:
         # What we queue per slave is bounded by its credit, so no high-water mark is needed,
         # and one would silently drop jobs.
         self._sock.setsockopt(zmq.SNDHWM, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, max_bytes + _FRAME_SLACK)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_bytes + MESSAGE_SLACK_BYTES)
         self._sock.setsockopt(zmq.LINGER, 0)
         try:
             self._sock.bind(address)
@@ -70,7 +62,10 @@ class MasterSocket:
 
     def recv(self) -> tuple[bytes, list[bytes]]:
         """Wait for the next message: (sender identity, its frames)."""
-        identity, *frames = self._sock.recv_multipart(copy=True)
+        try:
+            identity, *frames = self._sock.recv_multipart(copy=True)
+        except zmq.ZMQError as e:
+            raise TransportError(f"cannot receive on {self.address}: {e.strerror}") from e
         return identity, frames
 
     def send(self, identity: bytes, frames: list[bytes]) -> bool:
@@ -80,7 +75,7 @@ class MasterSocket:
         except zmq.ZMQError as e:
             if e.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 return False
-            raise
+            raise TransportError(f"cannot send on {self.address}: {e.strerror}") from e
         return True
 
     def close(self, linger_s: float = 0.0) -> None:
@@ -104,7 +99,7 @@ class SlaveSocket:
         self._sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_FIRST_MS)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES + _FRAME_SLACK)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES + MESSAGE_SLACK_BYTES)
         try:
             self._sock.connect(address)
         except zmq.ZMQError as e:
@@ -160,7 +155,7 @@ class SlaveSocket:
         except zmq.ZMQError as e:
             if e.errno == zmq.EAGAIN:
                 return False
-            raise
+            raise TransportError(f"cannot send to the master: {e.strerror}") from e
         return True
 
     def close(self, linger_s: float = 0.0) -> None:

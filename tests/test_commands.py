@@ -389,7 +389,7 @@ def test_master_sigkill_then_restart_resumes(procs: Procs, tmp_path: Path) -> No
 
     def checkpointed() -> int:
         cp = read_checkpoint(state)
-        return cp["resume_seq"] if cp.get("has_resume") else 0
+        return cp["resume_seq"] if cp.get("has_last") else 0
 
     # Kill once jobs have run and a checkpoint past the start exists: mid-run, for sure.
     poll(lambda: ledger.exists() and ledger.stat().st_size > 0 and checkpointed() > 0, RUN_S,
@@ -433,7 +433,7 @@ def test_restart_counts_each_job_once(procs: Procs, tmp_path: Path) -> None:
 
     def finished_past_resume_point() -> dict:
         cp = read_checkpoint(state)
-        return cp if cp.get("has_resume") and cp["finished"] > cp["resume_seq"] else {}
+        return cp if cp.get("has_last") and cp["finished"] > cp["resume_seq"] else {}
 
     # Job 10 holds the resume point while later jobs finish and are checkpointed as finished.
     cp = poll(finished_past_resume_point, RUN_S,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
 from pathlib import Path
 
 from procs import Procs
@@ -33,12 +35,17 @@ def test_sqlite_migration_completes_and_a_rerun_says_complete(procs: Procs,
 
 def test_sqlite_migration_resumes_from_its_state(procs: Procs, tmp_path: Path) -> None:
     """A run stopped by SIGINT resumes at the first page not known to be done."""
-    db = tmp_path / "demo.db"
+    db, state = tmp_path / "demo.db", tmp_path / "run.tmstate"
     script = str(ROOT / "examples" / "migrate_sqlite.py")
-    args = (script, "1", f"db={db}", "rows=20000", "page=10", "--size", "50",
-            "--no-progress", "--log-level", "DEBUG")
+    # 20 000 pages: seconds of work, so that the stop comes mid-run.
+    args = (script, "1", f"db={db}", "rows=200000", "page=10", "--size", "50",
+            "--state-file", str(state), "--no-progress", "--log-level", "DEBUG")
     first = procs.start("tm-run", *args)
     first.expect(r"slave \S+ joined", timeout=60)
+    deadline = time.monotonic() + 60
+    while not (state.exists() and json.loads(state.read_text())["resume_seq"] > 0):
+        assert time.monotonic() < deadline and first.proc.poll() is None, first.output
+        time.sleep(0.01)
     first.signal(2)
     assert first.wait(60) == 130, first.output
     assert "stopped by SIGINT" in first.output

@@ -470,7 +470,7 @@ def test_get_jobs_raises_then_restart_resumes(procs: Procs, tmp_path: Path) -> N
     assert "fault_jobs.py" in master.output
     cp = state(run.state)
     resume = int(cp["resume_seq"])  # type: ignore[arg-type]
-    assert cp["has_resume"] and not cp["complete"], cp
+    assert cp["has_last"] and not cp["complete"], cp
     assert 0 < resume <= raise_at, cp
     before = set(run.jobs())
     assert set(range(resume)) <= before, "a job before the resume point never ran"
@@ -532,7 +532,7 @@ def test_master_graceful_signal_then_resume(procs: Procs, tmp_path: Path, signum
     assert re.search(rf"stopped by {name}; state saved", master.output), master.output
     slave.expect(r"master is stopping", 5)  # it was told
     cp = state(run.state)
-    assert cp["has_resume"] and not cp["complete"], cp
+    assert cp["has_last"] and not cp["complete"], cp
     resume = int(cp["resume_seq"])  # type: ignore[arg-type]
     assert set(range(resume)) <= set(run.jobs()), "a job before the resume point never ran"
     assert resume < n
@@ -571,7 +571,7 @@ def test_master_stop_wait_is_bounded(procs: Procs, tmp_path: Path, how: str) -> 
     else:
         assert took < 3, f"a second SIGINT took {took:.1f}s to stop the master"
     cp = state(run.state)
-    assert cp["has_resume"] and int(cp["resume_seq"]) <= slow, cp  # type: ignore[arg-type]
+    assert cp["has_last"] and int(cp["resume_seq"]) <= slow, cp  # type: ignore[arg-type]
     assert slow not in run.jobs()
 
     master = run.master(f"count={n}")

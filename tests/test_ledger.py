@@ -2,126 +2,173 @@
 
 from __future__ import annotations
 
-from taskmaster.ledger import Ledger, backoff_s
+import pytest
+
+from taskmaster.ledger import AckMismatchError, Batch, Ledger, ResumePoint
+from taskmaster.protocol import JobError
+from taskmaster.redelivery import GiveUp, Redelivery, Retry, Spare, backoff_s
 
 A, B = b"slave-a", b"slave-b"
+ERR = JobError("ValueError", "x", "tb")
+BIG = 100_000
 
 
-def fed(n: int, size: int = 100, **kw: int) -> Ledger:
-    ledger = Ledger(size, **kw)
+def fed(n: int, size: int = 100, max_retries: int = 3, max_deaths: int = 3) -> Ledger:
+    ledger = Ledger(size, policy=Redelivery(max_retries, max_deaths))
     ledger.feed(list(range(n)), exhausted=True)
     return ledger
 
 
-def test_feed_holds_back_a_peek_so_the_resume_point_is_a_real_job() -> None:
+def take(ledger: Ledger, slave: bytes, credit: int, now: float = 0, max_batch: int = BIG,
+         alone: bool = False) -> list[Batch]:
+    return ledger.take(slave, credit, now, max_batch=max_batch, alone=alone)
+
+
+def unsettled(ledger: Ledger) -> int:
+    return ledger.buffered + ledger.requeued + ledger.leased + ledger.recording
+
+
+def test_resume_point_names_the_earliest_unsettled_job_or_the_last_one_fed() -> None:
     ledger = Ledger(10)
+    assert ledger.resume_point() is None  # nothing fed: the run's start still is
     ledger.feed([0, 1, 2])
-    assert ledger.buffered == 2
-    assert ledger.resume_point() == (0, 0)
-    ledger.take(A, 10, now=0)
+    assert ledger.buffered == 3  # nothing is held back: every job can go out at once
+    assert ledger.resume_point() == ResumePoint(0, 0, 0)
+    take(ledger, A, 10)
     for bid in list(ledger.leases):
-        ledger.ack(A, bid, [], now=0)
-    # Everything pulled is done, but the stream is not over: resume at the held-back job.
-    assert ledger.resume_point() == (2, 2)
+        ledger.ack(A, bid, (), now=0)
+    # Everything pulled is done, but the stream is not over: resume after the last job fed,
+    # from it (get_jobs(last=2) yields 2 first, which a restart skips).
+    assert ledger.resume_point() == ResumePoint(3, 2, 2)
     assert not ledger.complete
     ledger.feed([], exhausted=True)
-    assert ledger.resume_point() == (2, 2) and not ledger.complete
+    assert ledger.complete
 
 
 def test_falsy_jobs_are_jobs() -> None:
     ledger = Ledger(10)
     ledger.feed([0, "", {}, None], exhausted=True)
-    batches = ledger.take(A, 10, now=0)
+    batches = take(ledger, A, 10)
     assert [j for b in batches for j in b.jobs] == [0, "", {}, None]
-    assert ledger.resume_point() == (0, 0)
+    assert ledger.resume_point() == ResumePoint(0, 0, 0)
 
 
-def test_take_respects_credit_and_batch_size() -> None:
-    ledger = fed(25, max_batch=10)
-    batches = ledger.take(A, 23, now=0)
-    assert [(b.start, len(b.jobs)) for b in batches] == [(0, 10), (10, 10), (20, 3)]
+def test_take_respects_credit_and_batch_size_across_chunks() -> None:
+    ledger = Ledger(100)
+    for start in range(0, 25, 5):  # five chunks of five, as the feeder may hand them over
+        ledger.feed(list(range(start, start + 5)), exhausted=start == 20)
+    batches = take(ledger, A, 23, max_batch=10)
+    assert [(b.start, b.jobs) for b in batches] == [
+        (0, list(range(10))), (10, list(range(10, 20))), (20, [20, 21, 22])]
     assert ledger.leased == 23 and ledger.buffered == 2
 
 
 def test_resume_point_is_earliest_unfinished_across_leases() -> None:
-    ledger = fed(30, max_batch=10)
-    first, second, third = ledger.take(A, 30, now=0)
-    ledger.ack(A, second.bid, [], now=0)
-    ledger.ack(A, third.bid, [], now=0)
-    assert ledger.resume_point() == (0, 0)
-    ledger.ack(A, first.bid, [], now=0)
-    assert ledger.resume_point() is None and ledger.complete
-    assert ledger.finished == 30
+    ledger = fed(30)
+    first, second, third = take(ledger, A, 30, max_batch=10)
+    ledger.ack(A, second.bid, (), now=0)
+    ledger.ack(A, third.bid, (), now=0)
+    assert ledger.resume_point() == ResumePoint(0, 0, 0)
+    ledger.ack(A, first.bid, (), now=0)
+    assert ledger.complete
+    assert ledger.stats.finished == 30
 
 
 def test_ack_from_the_wrong_slave_or_twice_is_stale() -> None:
     ledger = fed(5)
-    (batch,) = ledger.take(A, 5, now=0)
-    assert ledger.ack(B, batch.bid, [], now=0) == []
-    ledger.ack(A, batch.bid, [], now=0)
-    ledger.ack(A, batch.bid, [], now=0)
-    assert ledger.stale_acks == 2 and ledger.finished == 5
+    (batch,) = take(ledger, A, 5)
+    assert ledger.ack(B, batch.bid, (), now=0) == []
+    ledger.ack(A, batch.bid, (), now=0)
+    ledger.ack(A, batch.bid, (), now=0)
+    assert ledger.stats.stale_acks == 2 and ledger.stats.finished == 5
+
+
+@pytest.mark.parametrize("failures", [((5, ERR),), ((0, ERR), (0, ERR))],
+                         ids=["outside the batch", "twice"])
+def test_ack_naming_jobs_it_does_not_hold_changes_nothing(failures: tuple) -> None:
+    ledger = fed(5)
+    (batch,) = take(ledger, A, 5)
+    with pytest.raises(AckMismatchError):
+        ledger.ack(A, batch.bid, failures, now=0)
+    assert ledger.leased == 5 and ledger.stats.finished == 0
 
 
 def test_failed_job_is_retried_with_backoff_elsewhere_then_recorded() -> None:
     ledger = fed(3, max_retries=2)
-    (batch,) = ledger.take(A, 3, now=0)
-    err = {"type": "ValueError", "message": "x", "traceback": "tb"}
-    assert ledger.ack(A, batch.bid, [(1, err)], now=0) == []
-    assert ledger.finished == 2 and ledger.resume_point() == (1, 1)
-    assert ledger.take(B, 10, now=0) == []  # backoff not over yet
-    assert ledger.take(A, 10, now=10) == []  # prefers another slave
-    (retry,) = ledger.take(B, 10, now=10)
+    (batch,) = take(ledger, A, 3)
+    assert ledger.ack(A, batch.bid, ((1, ERR),), now=0) == []
+    assert ledger.stats.finished == 2 and ledger.resume_point() == ResumePoint(1, 1, 1)
+    assert take(ledger, B, 10) == []  # backoff not over yet
+    assert take(ledger, A, 10, now=10) == []  # prefers another slave
+    (retry,) = take(ledger, B, 10, now=10)
     assert (retry.start, retry.jobs, retry.attempts) == (1, [1], 1)
-    ledger.ack(B, retry.bid, [(0, err)], now=10)
-    (retry,) = ledger.take(A, 10, now=100, alone=True)  # the only slave left gets it
-    final = ledger.ack(A, retry.bid, [(0, err)], now=100)
-    assert [(f.seq, f.job, f.attempts) for f in final] == [(1, 1, 3)]
-    assert ledger.failed == 1 and ledger.complete
+    ledger.ack(B, retry.bid, ((0, ERR),), now=10)
+    (retry,) = take(ledger, A, 10, now=100, alone=True)  # the only slave left gets it
+    final = ledger.ack(A, retry.bid, ((0, ERR),), now=100)
+    assert [(f.seq, f.job, f.attempts, f.error) for f in final] == [(1, 1, 3, ERR)]
+
+
+def test_a_final_failure_is_settled_only_once_recorded() -> None:
+    ledger = fed(3, max_retries=0)
+    (batch,) = take(ledger, A, 3)
+    final = ledger.ack(A, batch.bid, ((0, ERR),), now=0)
+    # Not recorded yet (say the disk is full): it holds the resume point and the run is open.
+    assert ledger.recording == 1 and ledger.stats.failed == 0
+    assert ledger.resume_point() == ResumePoint(0, 0, 0)
+    assert not ledger.complete and ledger.room() == 99
+    ledger.settle(final)
+    assert ledger.complete and ledger.stats.failed == 1 and ledger.failed_before(3) == 1
+    ledger.settle(final)  # settling twice counts once
+    assert ledger.stats.failed == 1
 
 
 def test_lost_slave_jobs_go_out_again_one_by_one_until_max_deaths() -> None:
     ledger = fed(3, max_deaths=2)
-    ledger.take(A, 3, now=0)
+    take(ledger, A, 3)
     assert ledger.lose(A) == []
     # Each job is now a suspect, and a slave holds one suspect at a time.
-    (first,) = ledger.take(B, 10, now=0)
+    (first,) = take(ledger, B, 10)
     assert (first.start, first.isolate) == (0, True)
-    assert ledger.take(B, 10, now=0) == []
-    ledger.ack(B, first.bid, [], now=0)
-    (second,) = ledger.take(B, 10, now=0)
-    (third,) = ledger.take(A, 10, now=0)
+    assert take(ledger, B, 10) == []
+    ledger.ack(B, first.bid, (), now=0)
+    (second,) = take(ledger, B, 10)
+    (third,) = take(ledger, A, 10)
     assert (second.start, third.start) == (1, 2)
-    ledger.ack(A, third.bid, [], now=0)
+    ledger.ack(A, third.bid, (), now=0)
     final = ledger.lose(B)  # job 1 killed a second slave
-    assert [(f.seq, f.error["type"]) for f in final] == [(1, "SlaveDied")]
-    assert ledger.complete and ledger.failed == 1 and ledger.finished == 2
+    assert [(f.seq, f.error.type) for f in final] == [(1, "SlaveDied")]
+    ledger.settle(final)
+    assert ledger.complete and ledger.stats.failed == 1 and ledger.stats.finished == 2
 
 
 def test_a_suspect_does_not_hold_up_fresh_work() -> None:
     ledger = Ledger(100)
     ledger.feed([0, 1])
-    ledger.take(A, 1, now=0)
+    take(ledger, A, 1)
     ledger.lose(A)
     ledger.feed(list(range(2, 10)), exhausted=True)
-    batches = ledger.take(B, 100, now=0)
+    batches = take(ledger, B, 100)
     assert [(b.start, b.isolate) for b in batches] == [(0, True), (1, False)]
 
 
 def test_handed_back_batches_go_out_first_with_new_ids() -> None:
-    ledger = fed(20, max_batch=10)
-    first, _ = ledger.take(A, 20, now=0)
+    ledger = fed(20)
+    first, _ = take(ledger, A, 20, max_batch=10)
     old = first.bid
-    ledger.hand_back(A, [old])
-    (again,) = ledger.take(B, 10, now=0)
+    assert ledger.hand_back(A, [old]) == 10
+    (again,) = take(ledger, B, 10)
     assert again.start == 0 and again.bid != old and not again.isolate
-    assert ledger.ack(A, old, [], now=0) == [] and ledger.stale_acks == 1
+    assert ledger.ack(A, old, (), now=0) == [] and ledger.stats.stale_acks == 1
 
 
-def test_buffer_room_is_bounded() -> None:
+def test_buffer_room_is_bounded_and_counts_jobs_waiting_to_go_out_again() -> None:
     ledger = Ledger(5)
     ledger.feed(list(range(5)))
-    assert ledger.buffered == 4 and ledger.room() == 1  # one is the held-back peek
+    assert ledger.room() == 0
+    take(ledger, A, 5)
+    assert ledger.room() == 5
+    ledger.lose(A)
+    assert ledger.room() == 0 and ledger.requeued == 5
 
 
 def test_backoff_doubles_and_caps() -> None:
@@ -130,32 +177,85 @@ def test_backoff_doubles_and_caps() -> None:
 
 
 def test_leases_a_live_slave_does_not_hold_are_reclaimed_once_old_enough() -> None:
-    ledger = fed(30, max_batch=10)
-    first, second, third = ledger.take(A, 30, now=0)
-    assert ledger.reclaim(A, {first.bid}, leased_before=0) == 0  # too recent to judge
-    assert ledger.reclaim(A, {first.bid, third.bid}, leased_before=5) == 10
-    (again,) = ledger.take(B, 10, now=6)
+    ledger = fed(30)
+    first, second, third = take(ledger, A, 30, max_batch=10)
+    assert ledger.reclaim(A, frozenset({first.bid}), leased_before=0) == 0  # too recent
+    assert ledger.reclaim(A, frozenset({first.bid, third.bid}), leased_before=5) == 10
+    (again,) = take(ledger, B, 10, now=6)
     assert again.start == second.start and not again.isolate
-    assert ledger.ack(A, second.bid, [], now=6) == [] and ledger.stale_acks == 1
+    assert ledger.ack(A, second.bid, (), now=6) == [] and ledger.stats.stale_acks == 1
 
 
 def test_batches_a_dead_slave_never_started_are_spared_once() -> None:
-    ledger = fed(30, max_batch=10)
-    first, _, _ = ledger.take(A, 30, now=0)
+    ledger = fed(30)
+    first, _, _ = take(ledger, A, 30, max_batch=10)
     # A reported (at time 1) that it had started only the first batch, then died.
-    assert ledger.lose(A, started={first.bid}, known_at=1) == []
-    out = ledger.take(B, 30, now=2)
+    assert ledger.lose(A, started=frozenset({first.bid}), known_at=1) == []
+    out = take(ledger, B, 30, now=2)
     assert [(b.start, len(b.jobs), b.isolate) for b in out] == [(0, 1, True), (10, 10, False),
                                                                (20, 10, False)]
     # Spared once: if B dies before starting them too, they are charged this time.
-    ledger.lose(B, started=set(), known_at=3)
-    assert all(b.isolate for b in ledger.take(A, 100, now=4))
+    ledger.lose(B, started=frozenset(), known_at=3)
+    assert all(b.isolate for b in take(ledger, A, 100, now=4))
 
 
 def test_many_suspects_cost_one_step_per_take() -> None:
-    ledger = fed(20_001, size=50_000, max_batch=20_000)
-    ledger.take(A, 20_000, now=0)
+    ledger = fed(20_001, size=50_000)
+    take(ledger, A, 20_000, max_batch=20_000)
     ledger.lose(A)
-    assert len(ledger.take(B, 1, now=0)) == 1
+    assert len(take(ledger, B, 1)) == 1
     # One suspect at a time, found without a scan; the last fresh job still goes out.
-    assert [(b.start, b.isolate) for b in ledger.take(B, 10, now=0)] == [(20_000, False)]
+    assert [(b.start, b.isolate) for b in take(ledger, B, 10)] == [(20_000, False)]
+
+
+def test_recorded_jobs_keep_their_original_sequence_numbers() -> None:
+    """A run of recorded failures numbers its jobs 0, 1, 2 but records the numbers they had."""
+    ledger = Ledger(10, policy=Redelivery(max_retries=0, max_deaths=1))
+    ledger.feed(["a", "b"], origins=[17, 40])
+    ledger.feed(["c"], exhausted=True, origins=[99])
+    (batch,) = take(ledger, A, 10)
+    assert batch.jobs == ["a", "b", "c"]
+    final = ledger.ack(A, batch.bid, ((1, ERR), (2, ERR)), now=0)
+    assert [(f.seq, f.origin, f.job) for f in final] == [(1, 40, "b"), (2, 99, "c")]
+    ledger.settle(final)
+    assert ledger.complete
+    # A death keeps them too.
+    ledger = Ledger(10, policy=Redelivery(max_retries=0, max_deaths=1))
+    ledger.feed(["a", "b"], exhausted=True, origins=[17, 40])
+    take(ledger, A, 1)
+    assert [f.origin for f in ledger.lose(A)] == [17]
+
+
+def test_the_books_balance_through_every_kind_of_event() -> None:
+    ledger = fed(50, max_retries=1, max_deaths=1)
+    first, second, third, _ = take(ledger, A, 40, max_batch=10)
+    ledger.ack(A, first.bid, ((3, ERR),), now=0)  # a retry
+    ledger.hand_back(A, [second.bid])
+    settled = ledger.lose(A, started=frozenset({third.bid}), known_at=1)  # spared or failed
+    assert unsettled(ledger) + ledger.stats.finished + ledger.stats.failed == 50
+    ledger.settle(settled)
+    assert unsettled(ledger) + ledger.stats.finished + ledger.stats.failed == 50
+
+
+# -- the redelivery policy on its own -----------------------------------------------------
+
+
+def test_policy_retries_with_backoff_then_gives_up() -> None:
+    policy = Redelivery(max_retries=2, max_deaths=3)
+    assert policy.after_error(1, ERR, now=10) == Retry(10 + backoff_s(1))
+    assert policy.after_error(2, ERR, now=10) == Retry(10 + backoff_s(2))
+    assert policy.after_error(3, ERR, now=10) == GiveUp(ERR)
+
+
+def test_policy_spares_an_unstarted_batch_once_and_charges_deaths() -> None:
+    policy = Redelivery(max_retries=2, max_deaths=2)
+    batch = Batch(7, 0, [1, 2], leased_at=1.0)
+    assert policy.after_death(batch, frozenset(), known_at=2.0) == Spare()
+    assert policy.after_death(batch, frozenset({7}), known_at=2.0) == Retry()  # started
+    assert policy.after_death(batch, frozenset(), known_at=0.5) == Retry()  # report too old
+    assert policy.after_death(batch, None, known_at=2.0) == Retry()  # never reported
+    batch.spared = True
+    assert policy.after_death(batch, frozenset(), known_at=2.0) == Retry()  # spared before
+    batch.deaths = 1
+    verdict = policy.after_death(batch, None, 0)
+    assert isinstance(verdict, GiveUp) and verdict.error.type == "SlaveDied"

@@ -1,0 +1,83 @@
+"""The durable side of a run: failure records, then the checkpoint built from the ledger.
+
+Order matters. A job that failed for good is settled (and so may fall behind the resume point)
+only once its record is on disk; the checkpoint is then built from the ledger as it stands, so
+no checkpoint ever points past a job that has neither been acknowledged nor recorded.
+
+The totals a person sees count each job once across restarts: everything before the resume
+point of the checkpoint we started from is settled, and is counted from it; everything after it
+runs again in this session and is counted as it does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+from typing import Any
+
+from .ledger import Failure, Ledger
+from .state import Checkpoint, FailureLog, StateFile
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Records failures and writes checkpoints for one run; keeps its totals across restarts."""
+
+    def __init__(self, state: StateFile, failures: FailureLog, start: Checkpoint | None,
+                 identity: dict[str, Any]) -> None:
+        self.state = state
+        self.failures = failures
+        self.start = start or Checkpoint()
+        self.identity = identity
+        self.base_failed = self.start.failed_before if self.start.has_last else 0
+        self.base_finished = (self.start.resume_seq - self.base_failed if self.start.has_last
+                              else 0)
+        self._saved: tuple[Any, ...] | None = None
+
+    def finished(self, ledger: Ledger) -> int:
+        """Jobs of the run that succeeded, each counted once across restarts."""
+        return self.base_finished + ledger.stats.finished
+
+    def failed(self, ledger: Ledger) -> int:
+        return self.base_failed + ledger.stats.failed
+
+    def record(self, ledger: Ledger, failures: list[Failure]) -> None:
+        """Write the records of jobs that failed for good, then settle them. Raises OSError
+        when they cannot be written: the jobs then stay unsettled."""
+        if failures:
+            self.failures.record(failures)
+            ledger.settle(failures)
+
+    def build(self, ledger: Ledger) -> Checkpoint:
+        """The checkpoint for the ledger as it stands."""
+        totals = {"finished": self.finished(ledger), "failed": self.failed(ledger),
+                  "identity": self.identity}
+        point = ledger.resume_point()
+        if ledger.complete:
+            return Checkpoint(resume_seq=ledger.next_seq, complete=True,
+                              failed_before=totals["failed"], **totals)
+        if point is None:
+            # Nothing pulled from the stream yet: where we started is still where to resume.
+            return dataclasses.replace(self.start, complete=False, **totals)
+        return Checkpoint(resume_seq=point.seq, last_seq=point.last_seq, last_job=point.last_job,
+                          has_last=True,
+                          failed_before=self.base_failed + ledger.failed_before(point.seq),
+                          **totals)
+
+    def save(self, ledger: Ledger, force: bool = False) -> bool:
+        """Write the checkpoint if it changed (or ``force``); True when the file holds it."""
+        cp = self.build(ledger)
+        key = (cp.resume_seq, cp.last_seq, cp.has_last, cp.finished, cp.failed, cp.complete)
+        if key == self._saved and not force:
+            return True
+        try:
+            self.state.save(cp)
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            # The resume job itself cannot be pickled (the dispatcher reports it as the run's
+            # error); the last checkpoint written is still a safe resume point.
+            log.debug("checkpoint not written: %s", e)
+            return False
+        self._saved = key
+        return True

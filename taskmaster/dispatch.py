@@ -1,0 +1,53 @@
+"""How much one slave gets, and in what batches: pure functions of what the master knows.
+
+Credit is absolute, not incremental: what the slave asks to hold minus what it holds. A lost
+message then cannot leave master and slave disagreeing for good. Windows and batches are bounded
+in jobs and, once the size of a job is known, in bytes: what the master holds for each slave
+(and copies into messages for it) stays a few megabytes whatever the size of a job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import (
+    BATCH_BYTES,
+    FIRST_BATCH_JOBS,
+    MAX_BATCH_JOBS,
+    MAX_WINDOW_JOBS,
+    WINDOW_BYTES,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What to hand one slave now: up to ``credit`` jobs, in batches of ``max_batch``."""
+
+    credit: int
+    max_batch: int
+
+
+def lease_for(window: int, held: int, concurrency: int, job_bytes: float) -> Lease:
+    """The lease for a slave that asks to hold ``window`` jobs and holds ``held``;
+    ``job_bytes`` is the pickled size of a job, 0 while unknown."""
+    window = min(window, MAX_WINDOW_JOBS)
+    if not job_bytes:
+        # Until one batch has shown how large a job pickles, a small one: 5 000 unknown jobs
+        # could be more than a slave accepts in one message.
+        max_batch = FIRST_BATCH_JOBS
+    else:
+        # Large jobs: bounded in bytes too, but never below a job per greenlet.
+        window = min(window, max(concurrency, int(WINDOW_BYTES / job_bytes)))
+        max_batch = max(1, min(MAX_BATCH_JOBS, int(BATCH_BYTES / job_bytes)))
+    return Lease(window - held, max_batch)
+
+
+class JobSize:
+    """The pickled size of a job, averaged over recent batches (0 until the first)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0.0
+
+    def learn(self, body_bytes: int, jobs: int) -> None:
+        size = body_bytes / jobs
+        self.bytes = size if not self.bytes else 0.8 * self.bytes + 0.2 * size

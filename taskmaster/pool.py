@@ -1,0 +1,142 @@
+"""The greenlets that call handle_job: a piece per turn, suspects alone, a C-level loop.
+
+Each worker takes the next piece from the slave's holdings, runs its jobs, and reports the
+piece done with the jobs that raised. For jobs that take microseconds the loop around the
+user's callback is most of what a slave does, so there is none of ours: ``map`` runs in C, and
+when a job raises, the iterator itself says which one it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+
+from .holdings import Failures, Holdings, Piece
+from .pacing import Pacing
+from .protocol import JobError
+
+log = logging.getLogger(__name__)
+
+
+class JobTimeoutError(Exception):
+    """handle_job ran past --job-timeout."""
+
+
+class Isolation:
+    """Lets a suspect job (one whose slave died before) run with nothing else beside it."""
+
+    def __init__(self) -> None:
+        self.shared = 0
+        self.exclusive = False
+        self.waiting = 0  # suspects waiting: new ordinary pieces wait behind them
+        self._changed = gevent.event.Event()
+
+    def enter(self, alone: bool) -> None:
+        if alone:
+            self.waiting += 1
+        while self.exclusive or (alone and self.shared) or (not alone and self.waiting):
+            self._changed.clear()
+            self._changed.wait()
+        if alone:
+            self.waiting -= 1
+            self.exclusive = True
+        else:
+            self.shared += 1
+
+    def leave(self, alone: bool) -> None:
+        if alone:
+            self.exclusive = False
+        else:
+            self.shared -= 1
+        self._changed.set()
+
+
+PieceDone = Callable[[Piece, Failures], None]
+
+
+class WorkerPool:
+    """``concurrency`` greenlets running ``handle_job`` on the holdings' pieces. After each
+    piece, ``done(piece, failures)`` and then ``between()`` (the slave reads its socket)."""
+
+    def __init__(self, handle_job: Callable[[Any], Any], concurrency: int, holdings: Holdings,
+                 pacing: Pacing, *, done: PieceDone, between: Callable[[], None],
+                 job_timeout_s: float | None = None) -> None:
+        self.handle_job = handle_job
+        self.concurrency = concurrency
+        self.holdings = holdings
+        self.pacing = pacing
+        self.job_timeout_s = job_timeout_s
+        self._done = done
+        self._between = between
+        self.running = 0
+        self._isolation = Isolation()
+        self._work = gevent.event.Event()
+        self._greenlets: list[gevent.Greenlet] = []
+
+    def start(self, crashed: Callable[[gevent.Greenlet], None]) -> None:
+        for _ in range(self.concurrency):
+            greenlet = gevent.spawn(self._worker)
+            greenlet.link_exception(crashed)
+            self._greenlets.append(greenlet)
+
+    def wake(self) -> None:
+        """Pieces were queued."""
+        self._work.set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running or self.holdings.queue)
+
+    def stop(self) -> None:
+        gevent.killall(self._greenlets, timeout=1)
+
+    def _worker(self) -> None:
+        while True:
+            piece = self.holdings.next_piece()
+            if piece is None:
+                self._work.clear()
+                self._work.wait()
+                continue
+            self.running += 1
+            self.pacing.started(self.running)
+            self._isolation.enter(piece.alone)
+            started = time.perf_counter()
+            try:
+                failures = self._run(piece)
+            finally:
+                self._isolation.leave(piece.alone)
+                self.running -= 1
+            self.pacing.finished(time.perf_counter() - started, len(piece.jobs))
+            self._done(piece, failures)
+            self._between()
+            # Not sleep(0): gevent runs up to 50 ready greenlets (here, 50 pieces) before it
+            # next polls sockets, and meanwhile the master's new jobs and pings wait unread.
+            gevent.idle()
+
+    def _run(self, piece: Piece) -> Failures:
+        jobs, failures = piece.jobs, []
+        handle = self.handle_job if self.job_timeout_s is None else self._timed
+        remaining = iter(jobs)
+        while True:
+            try:
+                # map() in a C loop, with no per-job Python of ours.
+                deque(map(handle, remaining), maxlen=0)
+                return failures
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's error is data
+                # A list iterator knows exactly how many it has left: the job that raised is
+                # the one just before those.
+                i = len(jobs) - operator.length_hint(remaining) - 1
+                log.warning("handle_job(%.80r) raised %s: %s", jobs[i], type(e).__name__, e)
+                failures.append((piece.offset + i, JobError.of(e)))
+
+    def _timed(self, job: Any) -> None:
+        limit = self.job_timeout_s
+        with gevent.Timeout(limit, JobTimeoutError(f"ran past --job-timeout {limit}s")):
+            self.handle_job(job)

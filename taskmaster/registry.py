@@ -1,0 +1,120 @@
+"""Who the master's slaves are: the welcome handshake, sessions, replay counters, liveness.
+
+A slave joins in two steps. It knocks (a heartbeat from an identity the master does not know);
+the master offers a session in a WELCOME that echoes the knock's nonce; the slave answers READY
+with that session and becomes a member. The nonce makes a late or replayed WELCOME useless, the
+session a late or replayed READY. Pure bookkeeping: the master does the sending.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .config import MAX_TRACKED_SENDERS, WELCOME_REPEAT_S
+from .protocol import HEARTBEAT_SUFFIX, Ready
+
+
+@dataclass
+class SlaveInfo:
+    """What the master knows of one member slave."""
+
+    ident: bytes
+    host: str = "?"
+    pid: int = 0
+    concurrency: int = 0
+    window: int = 0
+    """Jobs the slave asks to hold at once (it measures how many keep it busy)."""
+    last_seen: float = field(default_factory=time.monotonic)
+    leaving: bool = False
+    started: frozenset[int] | None = None
+    """Batches the slave said it had started, in its last heartbeat (at ``reported_at``)."""
+    reported_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+class Registry:
+    """The member slaves, the sessions offered to newcomers, and every sender's counter."""
+
+    def __init__(self) -> None:
+        self.slaves: dict[bytes, SlaveInfo] = {}
+        self.waiting: set[bytes] = set()
+        """Members with room left and nothing to give them: served first when work comes."""
+        self._offers: dict[bytes, tuple[int, float]] = {}  # session offered, when
+        self._counters: dict[bytes, int] = {}  # last counter seen from each sender
+        self._sessions = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self.slaves)
+
+    def __iter__(self) -> Iterator[SlaveInfo]:
+        return iter(list(self.slaves.values()))
+
+    def get(self, ident: bytes) -> SlaveInfo | None:
+        return self.slaves.get(ident)
+
+    def fresh(self, sender: bytes, counter: int) -> bool:
+        """Each sender's counter only grows; a repeat is a replayed capture."""
+        if counter <= self._counters.get(sender, 0):
+            return False
+        if len(self._counters) > MAX_TRACKED_SENDERS:
+            # Only authenticated senders get here, so this is many slaves over a long run.
+            self._counters.clear()
+        self._counters[sender] = counter
+        return True
+
+    @staticmethod
+    def speaks_for(sender: bytes, slave: str) -> bytes | None:
+        """The identity a heartbeat names, if its sender may speak for it: only the slave's
+        own two sockets may. (The MAC does not cover the connection's identity, which a peer
+        picks itself; a replayed heartbeat could otherwise keep a dead slave's leases.)"""
+        ident = slave.encode("utf-8", "surrogateescape")
+        return ident if sender in (ident, ident + HEARTBEAT_SUFFIX) else None
+
+    def offer(self, ident: bytes, now: float) -> int | None:
+        """The session to offer a knocking stranger, or None when it was offered one just now
+        (knocks are not answered more often than `WELCOME_REPEAT_S`)."""
+        session, sent = self._offers.get(ident, (next(self._sessions), 0.0))
+        if now - sent < WELCOME_REPEAT_S:
+            return None
+        if len(self._offers) > MAX_TRACKED_SENDERS:
+            self._offers.clear()
+        self._offers[ident] = (session, now)
+        return session
+
+    def accept(self, ident: bytes, ready: Ready) -> bool:
+        """True when ``ready`` takes up the session offered to ``ident`` (and uses it up)."""
+        offer = self._offers.get(ident)
+        if offer is None or offer[0] != ready.session:
+            return False
+        del self._offers[ident]
+        return True
+
+    def join(self, ident: bytes, ready: Ready, now: float) -> SlaveInfo:
+        """Make ``ident`` a member, as its READY describes it."""
+        slave = self.slaves[ident] = SlaveInfo(ident, ready.host, ready.pid, ready.concurrency,
+                                               last_seen=now)
+        return slave
+
+    def forget(self, ident: bytes) -> None:
+        self.slaves.pop(ident, None)
+        self.waiting.discard(ident)
+
+    def silent(self, now: float, timeout_s: float) -> list[SlaveInfo]:
+        """Members not heard from for longer than ``timeout_s``."""
+        return [s for s in self.slaves.values() if now - s.last_seen > timeout_s]
+
+    def excuse(self, now: float) -> None:
+        """The master itself was not listening until ``now`` (a stalled disk, a frozen
+        process): silence until then says nothing about the slaves."""
+        for slave in self.slaves.values():
+            slave.last_seen = max(slave.last_seen, now)
+
+    def takers(self) -> int:
+        """Members that would take work now."""
+        return sum(1 for s in self.slaves.values() if not s.leaving and s.window)

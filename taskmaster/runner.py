@@ -1,0 +1,71 @@
+"""tm-run: a master and N supervised local slaves in one process tree, until the run is done.
+
+The master's phases leave room for the slaves: they are started after the state file is taken
+(a complete run starts none) and, when the address is known before binding, before the master
+opens anything else, so that they can be forks of this process: it has imported gevent, zmq and
+the user's script already, and a fork costs milliseconds where a fresh interpreter costs a
+third of a second. Nothing of the master may be copied into a fork (its sockets, greenlets, the
+feeder's thread), which is why the forks come before `Master.start`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import gevent
+
+from .config import SLAVE_EXIT_GRACE_S, SUPERVISE_POLL_S, MasterConfig
+from .errors import EXIT_FAILED, EXIT_OK, Outcome, TaskmasterError
+from .master import Master
+from .spawn import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+def run_here(cfg: MasterConfig, get_jobs: Callable[..., object], n: int, *,
+             slave_argv: Callable[[str], list[str]], env: dict[str, str],
+             fork: Callable[[], int] | None) -> Outcome:
+    """Serve the run with ``n`` slaves started as ``slave_argv(address)`` (or, for the first
+    ones, as forks running ``fork()`` when given and the address is known in advance)."""
+    master = Master(cfg, get_jobs)
+    supervisors: list[Supervisor] = []
+    outcome: Outcome | None = None
+    try:
+        outcome = master.open()
+        if outcome is not None:
+            return outcome
+        if not _asks_for_a_port(cfg.address):
+            supervisors.append(Supervisor(slave_argv(cfg.address), n, env, fork=fork))
+        address = master.start()
+        if not supervisors:
+            supervisors.append(Supervisor(slave_argv(address), n, env))
+        sup = supervisors[0]
+        watcher = gevent.spawn(_watch, sup, master, n)
+        outcome = master.serve()
+        watcher.kill()
+        if outcome.complete:
+            # A slave still starting when the run ends hears DONE instead of waiting for
+            # a signal: the goodbye lasts until all of ours have gone.
+            master.farewell(until=lambda: not sup.poll())
+        return outcome
+    finally:
+        master.close()
+        for sup in supervisors:
+            # After a complete run the slaves have been told so and leave by themselves.
+            done = outcome is not None and outcome.exit_code in (EXIT_OK, EXIT_FAILED)
+            sup.stop(grace_s=SLAVE_EXIT_GRACE_S if done else 0)
+
+
+def _asks_for_a_port(address: str) -> bool:
+    """True for a tcp address whose port the system picks at bind time."""
+    return address.startswith("tcp://") and address.rsplit(":", 1)[-1] in ("0", "*")
+
+
+def _watch(sup: Supervisor, master: Master, n: int) -> None:
+    """Restart slaves that die; if none is left, the run cannot go on."""
+    while sup.poll():
+        gevent.sleep(SUPERVISE_POLL_S)
+    if sup.all_gave_up():
+        master.stop(TaskmasterError(f"all {n} slaves are down for good; see their messages "
+                                    "above"))

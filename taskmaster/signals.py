@@ -1,0 +1,58 @@
+"""Stop signals, handled one way by every process: the first asks for a graceful stop, the
+second for an immediate one.
+
+A handler only records what arrived and wakes whoever waits; the process's own loop decides
+what stopping means for it (huey's consumer does the same, for the same reason: a handler runs
+between any two lines of the loop and must not touch what the loop is in the middle of).
+SIGHUP, a closed terminal, counts as SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+
+import gevent
+import gevent.event
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignals:
+    """Watches the stop signals while open; ``requested`` is the first one that arrived, and
+    ``arrived`` is set with it.
+
+    ``on_second`` runs on a second signal: it is the escalation, and typically leaves the
+    process at once (gevent runs a handler in a greenlet of its own, between two turns of
+    the loop, never in the middle of one).
+    """
+
+    def __init__(self, on_second: Callable[[int], None]) -> None:
+        self.requested: int | None = None
+        self.arrived = gevent.event.Event()
+        self._on_second = on_second
+        self._handlers: list[gevent.signal_handler] = []
+
+    def __enter__(self) -> StopSignals:
+        self._handlers = [gevent.signal_handler(s, self._handle, s) for s in STOP_SIGNALS]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handler in self._handlers:
+            handler.cancel()
+        self._handlers = []
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.requested).name if self.requested is not None else ""
+
+    def _handle(self, signum: int) -> None:
+        if self.requested is not None:
+            self._on_second(signum)
+            return
+        # A closed terminal asks for what SIGTERM asks for; it reports as SIGTERM too.
+        self.requested = signal.SIGTERM if signum == signal.SIGHUP else signum
+        self.arrived.set()
