@@ -16,25 +16,50 @@ import logging
 import pickle
 from typing import Any
 
+from .config import MasterConfig
 from .ledger import Failure, Ledger
-from .state import Checkpoint, FailureLog, StateFile
+from .state import Checkpoint, FailureLog, StateFile, check_identity
 
 log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    """Records failures and writes checkpoints for one run; keeps its totals across restarts."""
+    """Records failures and writes checkpoints for one run; keeps its totals across restarts.
+    ``start`` is the checkpoint the run starts from (None on a fresh run)."""
+
+    @classmethod
+    def open(cls, cfg: MasterConfig) -> Checkpointer:
+        """Take the run's state file (locked until `close`), forgetting it first if --reset,
+        and read where the run is; StateError if it is another run's."""
+        state = StateFile(cfg.state_path)
+        state.lock()
+        try:
+            if cfg.reset:
+                state.remove()
+                cfg.failures_path.unlink(missing_ok=True)
+            start = state.load()
+            if start is not None:
+                check_identity(start, cfg.identity, state.path)
+        except BaseException:
+            state.unlock()
+            raise
+        return cls(state, FailureLog(cfg.failures_path), start, cfg.identity)
 
     def __init__(self, state: StateFile, failures: FailureLog, start: Checkpoint | None,
                  identity: dict[str, Any]) -> None:
         self.state = state
         self.failures = failures
+        self.resumed = start
         self.start = start or Checkpoint()
         self.identity = identity
         self.base_failed = self.start.failed_before if self.start.has_last else 0
         self.base_finished = (self.start.resume_seq - self.base_failed if self.start.has_last
                               else 0)
         self._saved: tuple[Any, ...] | None = None
+
+    def close(self) -> None:
+        self.failures.close()
+        self.state.unlock()
 
     def finished(self, ledger: Ledger) -> int:
         """Jobs of the run that succeeded, each counted once across restarts."""

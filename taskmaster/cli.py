@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
@@ -10,7 +9,7 @@ import shutil
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,6 +30,7 @@ from .config import (
     load_secret,
 )
 from .errors import EXIT_FAILED, ConfigError, Outcome, TaskmasterError, UserCodeError
+from .green import switch_on
 from .target import Target, parse_kwargs
 
 log = logging.getLogger("taskmaster")
@@ -122,38 +122,6 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
 
-def _green(monkey_patch: bool = True) -> None:
-    """Switch gevent on: the one place it happens, before any user code is imported."""
-    if monkey_patch:
-        from gevent import monkey
-
-        with _entry_points_read_once():
-            monkey.patch_all()
-
-
-@contextlib.contextmanager
-def _entry_points_read_once() -> Iterator[None]:
-    """gevent looks for plugins before and after it patches each module, and every look reads
-    the metadata of every installed package: a tenth of a second of each process's start-up.
-    Nothing is installed while it patches, so one reading can answer every look."""
-    from importlib import metadata
-
-    original = metadata.entry_points
-    everything: Any = None
-
-    def entry_points(**params: Any) -> Any:
-        nonlocal everything
-        if everything is None:
-            everything = original()
-        return everything.select(**params) if params else everything
-
-    metadata.entry_points = entry_points  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        metadata.entry_points = original
-
-
 def _execute(name: str, body: Callable[[], int | Outcome]) -> NoReturn:
     """Run a command body and exit with its status; our errors become one clear line."""
     try:
@@ -233,7 +201,7 @@ def master(target: str, pairs: tuple[str, ...], address: str, log_level: str,
 
     def body() -> Outcome:
         cfg = _master_config(target, pairs, address, opts, no_progress)
-        _green()
+        switch_on()
         from .master import Master
 
         return Master(cfg, _load(target, "get_jobs")).run()
@@ -252,7 +220,7 @@ def slave(target: str, address: str, log_level: str, no_progress: bool, **opts: 
 
     def body() -> int:
         cfg = _slave_config(target, address, opts, no_progress)
-        _green(not opts["no_monkey_patch"])
+        switch_on(not opts["no_monkey_patch"])
         from .slave import Slave
 
         return Slave(cfg, _load(target, "handle_job")).run()
@@ -274,7 +242,7 @@ def spawn(target: str, n: int, address: str, log_level: str, no_progress: bool,
     def body() -> int:
         # The target itself is loaded (and checked) by each slave.
         _slave_config(target, address, opts, no_progress)
-        _green()
+        switch_on()
         from .spawn import Supervisor
 
         return Supervisor(_slave_argv(target, address, opts, log_level), n).wait()
@@ -316,7 +284,7 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
             cfg = _master_config(script, pairs, address or f"ipc://{rundir}/master", opts,
                                  no_progress, secret)
             slave_cfg = _slave_config(script, cfg.address, opts, True, secret)
-            _green()
+            switch_on()
             from .runner import run_here
 
             get_jobs = _load(script, "get_jobs")

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
@@ -35,6 +35,10 @@ from . import sized
 from .config import FEED_STEP_MAX_JOBS, FEED_TURN_S
 from .errors import ConfigError, InternalError, TaskmasterError, UserCodeError
 from .state import count_failures, read_failures, safe_repr
+
+if TYPE_CHECKING:
+    from .config import MasterConfig
+    from .state import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +82,34 @@ def recorded_jobs(path: Path) -> sized:
     return sized(read_failures(path), total=count_failures(path))
 
 
+def feeder_for(get_jobs: Callable[..., Any], cfg: MasterConfig, cp: Checkpoint | None) -> Feeder:
+    """The feeder of a run that starts from ``cp`` (None: from scratch)."""
+    resume = cp.resume_seq if cp is not None and cp.has_last else 0
+    if cfg.retry_failures is not None:
+        path = cfg.retry_failures
+        log.info("retrying the jobs recorded in %s%s", path,
+                 f", from record #{resume}" if resume else "")
+        # A file of records is resumed by position: the records before it are settled.
+        return Feeder(lambda: recorded_jobs(path), skip=resume, pairs=True)
+    if cp is not None and cp.has_last:
+        return Feeder(opener(get_jobs, cfg.kwargs, last=cp.last_job), first=cp.last_seq,
+                      skip=resume - cp.last_seq, expect=cp.last_job)
+    return Feeder(opener(get_jobs, cfg.kwargs))
+
+
 class Feeder:
     """Opens a stream with ``open()`` and pulls it, in a thread of its own. ``skip`` jobs are
     dropped first (they are settled already); ``expect`` is the job the stream should begin
     with (the ``last`` it was given), warned about when it does not; ``pairs``: the stream
-    yields (origin, job) pairs. ``total`` is the stream's length once it is open, if it
-    tells (see `taskmaster.sized`)."""
+    yields (origin, job) pairs. ``first`` is the sequence number of the first job the stream
+    yields; ``total`` the run's length once the stream is open, if it tells (see
+    `taskmaster.sized`)."""
 
-    def __init__(self, open: Callable[[], Iterable[Any]], *, skip: int = 0,
+    def __init__(self, open: Callable[[], Iterable[Any]], *, first: int = 0, skip: int = 0,
                  expect: Any = _NOTHING, pairs: bool = False) -> None:
         self._open = open
         self._iterator: Iterator[Any] = iter(())
+        self.first = first
         self.total: int | None = None
         self._skip = skip
         self._expect = expect
@@ -166,7 +187,7 @@ class Feeder:
                     "must yield jobs (or return a list or a generator)"))
                 return
             hint = operator.length_hint(stream, -1)
-            self.total = hint if hint >= 0 else None
+            self.total = self.first + hint if hint >= 0 else None
             try:
                 jobs = self._begin()
             except Exception as e:  # noqa: BLE001 - the user's exception, reported in full

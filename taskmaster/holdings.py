@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import BatchDone, JobError
+from .messages import BatchDone, JobError
 
 Failures = list[tuple[int, JobError]]
 

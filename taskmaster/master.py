@@ -36,14 +36,15 @@ from .config import (
 )
 from .errors import InternalError, Outcome, TaskmasterError, exit_code_for_signal
 from .exchange import Exchange
-from .feeder import Feeder, opener, recorded_jobs
+from .feeder import feeder_for
 from .handout import Handout
 from .ledger import Ledger
 from .progress import Progress, Snapshot
 from .redelivery import Redelivery
 from .registry import Registry
+from .report import report_end
 from .signals import StopSignals
-from .state import FailureLog, StateFile, check_identity, safe_repr
+from .state import safe_repr
 from .transport import MasterSocket, load_curve
 
 log = logging.getLogger(__name__)
@@ -55,17 +56,14 @@ class Master:
     def __init__(self, cfg: MasterConfig, get_jobs: Callable[..., Any]) -> None:
         self.cfg = cfg
         self.get_jobs = get_jobs
-        self.state = StateFile(cfg.state_path)
         self.registry = Registry()
         self.signals = StopSignals(on_second=self._leave_now)
         self.started = time.monotonic()
         self._end = gevent.event.Event()
         self._error: TaskmasterError | None = None
         self._greenlets: list[gevent.Greenlet] = []
-        self._resources: list[Any] = []  # what start() opened, each with a close()
-        # The first tick pings and checkpoints at once.
-        self._last_tick, self._last_ping = self.started, float("-inf")
-        self._last_checkpoint = float("-inf")
+        self._resources: list[Any] = []  # what open() and start() opened, each with a close()
+        self._last_tick = self.started
 
     # -- the phases ------------------------------------------------------------------------
 
@@ -84,48 +82,28 @@ class Master:
 
     def open(self) -> Outcome | None:
         """Take the state file; returns the outcome at once if the run is already complete."""
-        cfg = self.cfg
-        self.state.lock()
-        if cfg.reset:
-            self.state.remove()
-            cfg.failures_path.unlink(missing_ok=True)
-        cp = self._start_point = self.state.load()
-        if cp is not None:
-            check_identity(cp, cfg.identity, self.state.path)
-            if cp.complete:
-                log.warning("run already complete (%d finished, %d failed), per %s; "
-                            "--reset starts it over", cp.finished, cp.failed, self.state.path)
-                return Outcome(cp.finished, cp.failed, already_complete=True)
-        log.info("state file: %s%s", self.state.path,
+        self.checkpointer = Checkpointer.open(self.cfg)
+        self._resources.append(self.checkpointer)
+        cp = self.checkpointer.resumed
+        if cp is not None and cp.complete:
+            log.warning("run already complete (%d finished, %d failed), per %s; --reset "
+                        "starts it over", cp.finished, cp.failed, self.cfg.state_path)
+            return Outcome(cp.finished, cp.failed, already_complete=True)
+        log.info("state file: %s%s", self.cfg.state_path,
                  f" (resuming at job #{cp.resume_seq}: {safe_repr(cp.last_job, 80)})"
                  if cp is not None and cp.has_last else "")
         return None
 
     def start(self) -> str:
         """Open the job stream and the socket; returns the address slaves connect to."""
-        cfg, cp = self.cfg, self._start_point
-        resume = cp.resume_seq if cp is not None and cp.has_last else 0
-        if cfg.retry_failures is not None:
-            path = cfg.retry_failures
-            self.feeder = Feeder(lambda: recorded_jobs(path), skip=resume, pairs=True)
-            self._first = 0  # resumed by position
-            log.info("retrying the jobs recorded in %s%s", path,
-                     f", from record #{resume}" if resume else "")
-        elif cp is not None and cp.has_last:
-            self.feeder = Feeder(opener(self.get_jobs, cfg.kwargs, last=cp.last_job),
-                                 skip=resume - cp.last_seq, expect=cp.last_job)
-            self._first = cp.last_seq
-        else:
-            self.feeder = Feeder(opener(self.get_jobs, cfg.kwargs))
-            self._first = 0
+        cfg, cp = self.cfg, self.checkpointer.resumed
+        self.feeder = feeder_for(self.get_jobs, cfg, cp)
         self._resources.append(self.feeder)
         # Batch ids start at random, so a slave still finishing a batch of an earlier master
         # never confuses it with one of ours.
-        self.ledger = Ledger(cfg.size, first_seq=resume, first_bid=random.getrandbits(48),
+        self.ledger = Ledger(cfg.size, first_seq=self.checkpointer.start.resume_seq,
+                             first_bid=random.getrandbits(48),
                              policy=Redelivery(cfg.max_retries, cfg.max_deaths))
-        failures = FailureLog(cfg.failures_path)
-        self._resources.append(failures)
-        self.checkpointer = Checkpointer(self.state, failures, cp, cfg.identity)
         curve = load_curve(cfg.curve_dir, "master") if cfg.curve_dir else None
         self.sock = MasterSocket(cfg.address, MAX_MESSAGE_BYTES, curve)
         self._resources.append(self.sock)
@@ -157,15 +135,16 @@ class Master:
                 # checkpoint is the safe one.
                 self.checkpointer.save(self.ledger, force=True)
         self.progress.close()
-        outcome = Outcome(self.finished, self.failed, signal=self.signals.requested,
-                          error=self._error)
-        self._report(outcome)
+        outcome = Outcome(*self._totals(), signal=self.signals.requested, error=self._error)
+        report_end(outcome, self.ledger.stats, dropped=self.exchange.dropped,
+                   elapsed_s=time.monotonic() - self.started,
+                   failures_path=self.cfg.failures_path)
         return outcome
 
     def farewell(self, until: Callable[[], bool] = lambda: True) -> None:
         """Tell every slave the run is complete and wait (bounded) for each to say goodbye,
         and for ``until()``: closing the socket at once could drop those last messages."""
-        self.exchange.farewell = p.Done(self.finished, self.failed)
+        self.exchange.farewell = p.Done(*self._totals())
         self.handout.broadcast(self.exchange.farewell)
         deadline = time.monotonic() + DONE_LINGER_S
         while (len(self.registry) or not until()) and time.monotonic() < deadline:
@@ -176,7 +155,6 @@ class Master:
         gevent.killall(self._greenlets)
         while self._resources:
             self._resources.pop().close()
-        self.state.unlock()
 
     def stop(self, error: TaskmasterError) -> None:
         """End the run as failed, saving its state, for ``error`` (the run's first wins)."""
@@ -215,39 +193,34 @@ class Master:
             self._end.set()
 
     def _tick(self) -> None:
-        steps = (self._excuse_own_silence, self._expire_silent, self._ping,
-                 self._release_retries, self._save_checkpoint, self._show_progress)
+        steps = (self._watch_slaves, _every(HEARTBEAT_INTERVAL_S, self._ping),
+                 self._release_retries,
+                 _every(CHECKPOINT_INTERVAL_S, self._save_checkpoint), self._show_progress)
         while True:
             gevent.sleep(MASTER_TICK_S)
             now = time.monotonic()
             for step in steps:
                 step(now)
 
-    def _excuse_own_silence(self, now: float) -> None:
+    def _watch_slaves(self, now: float) -> None:
+        """Give up on slaves silent for too long, unless we were the ones not listening (a
+        stalled disk, a frozen process): silence from slaves then says nothing about them."""
         if now - self._last_tick > self.cfg.lease_timeout_s / 2:
-            # We were the ones not listening (a stalled disk, a frozen process): silence from
-            # slaves over that time says nothing about them.
             self.registry.excuse(now)
         self._last_tick = now
-
-    def _expire_silent(self, now: float) -> None:
         for slave in self.registry.silent(now, self.cfg.lease_timeout_s):
             self.handout.lose(slave, f"silent for {now - slave.last_seen:.0f}s")
             self._check_complete()
 
     def _ping(self, now: float) -> None:
-        if now - self._last_ping >= HEARTBEAT_INTERVAL_S:
-            self._last_ping = now
-            self.handout.broadcast(p.Ping())
+        self.handout.broadcast(p.Ping())
 
     def _release_retries(self, now: float) -> None:
         if self.ledger.retrying:
             self.handout.serve_waiting()
 
     def _save_checkpoint(self, now: float) -> None:
-        if now - self._last_checkpoint >= CHECKPOINT_INTERVAL_S:
-            self._last_checkpoint = now
-            self.checkpointer.save(self.ledger)
+        self.checkpointer.save(self.ledger)
 
     def _show_progress(self, now: float) -> None:
         self.progress.update()
@@ -276,41 +249,26 @@ class Master:
         # A second signal: the state file already holds a safe resume point.
         os._exit(exit_code_for_signal(signum))
 
-    def _report(self, outcome: Outcome) -> None:
-        if outcome.error is not None:
-            trace = getattr(outcome.error, "user_traceback", "").rstrip()
-            log.error("%s%s", outcome.error, "\n" + trace if trace else "")
-            log.error("run stopped; state saved: restart to resume")
-        elif outcome.signal is not None:
-            log.warning("stopped by %s; state saved: restart to resume", self.signals.name)
-        else:
-            stats = self.ledger.stats
-            log.info("run complete: %d finished, %d failed in %.1fs (%d retries, %d jobs sent "
-                     "again, %d stale acknowledgements, %d messages dropped)", outcome.finished,
-                     outcome.failed, time.monotonic() - self.started, stats.retried,
-                     stats.redispatched, stats.stale_acks, self.exchange.dropped)
-            if outcome.failed:
-                log.error("%d jobs failed; see %s (rerun them with --retry-failures)",
-                          outcome.failed, self.cfg.failures_path)
-
-    @property
-    def finished(self) -> int:
-        """Jobs of the run that succeeded, each counted once across restarts."""
-        return self.checkpointer.finished(self.ledger)
-
-    @property
-    def failed(self) -> int:
-        return self.checkpointer.failed(self.ledger)
-
-    @property
-    def total(self) -> int | None:
-        """Jobs in the whole run, once the stream has said how many it holds."""
-        total = self.feeder.total
-        return None if total is None else self._first + total
+    def _totals(self) -> tuple[int, int]:
+        """Jobs of the run finished and failed, each counted once across restarts."""
+        return self.checkpointer.finished(self.ledger), self.checkpointer.failed(self.ledger)
 
     def snapshot(self) -> Snapshot:
         """The numbers the progress display shows."""
-        ledger = self.ledger
-        return Snapshot(done=self.finished + self.failed, failed=self.failed, total=self.total,
+        ledger, (finished, failed) = self.ledger, self._totals()
+        return Snapshot(done=finished + failed, failed=failed, total=self.feeder.total,
                         buffered=ledger.buffered + ledger.requeued, leased=ledger.leased,
                         slaves=len(self.registry), dropped=self.exchange.dropped)
+
+
+def _every(interval_s: float, step: Callable[[float], None]) -> Callable[[float], None]:
+    """``step``, run at most once per ``interval_s`` (and at the first call)."""
+    last = float("-inf")
+
+    def maybe(now: float) -> None:
+        nonlocal last
+        if now - last >= interval_s:
+            last = now
+            step(now)
+
+    return maybe

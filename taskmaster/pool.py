@@ -19,8 +19,8 @@ import gevent
 import gevent.event
 
 from .holdings import Failures, Holdings, Piece
+from .messages import JobError
 from .pacing import Pacing
-from .protocol import JobError
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,11 @@ master never unpickles anything that arrives from the network, secret or not; a 
 only JOBS, and with a secret only once the MAC has verified.
 
 Two layers: `pack`/`unpack` frame and authenticate a raw body; `encode`/`decode` turn the typed
-messages below into frames and back. `decode` checks the frame count, kind, size and MAC
-before it decodes anything, then the type and range of every field, and raises `ProtocolError`
-(only that) for whatever does not fit: a receiver acts on a decoded message without guarding
-against its shape. No zmq and no gevent here: this module is pure, tested and fuzzed alone.
+messages of messages.py (re-exported here: they are the contract) into frames and back.
+`decode` checks the frame count, kind, size and MAC before it decodes anything, then the type
+and range of every field, and raises `ProtocolError` (only that) for whatever does not fit: a
+receiver acts on a decoded message without guarding against its shape. No zmq and no gevent
+here: this module is pure, tested and fuzzed alone.
 """
 
 from __future__ import annotations
@@ -28,21 +29,42 @@ import json
 import os
 import pickle
 import struct
-import traceback
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-from .config import MAX_ERROR_CHARS, MAX_HOST_CHARS, MAX_NAME_CHARS
+from .messages import (
+    ACK,
+    BYE,
+    DONE,
+    HEARTBEAT,
+    JOBS,
+    MOST_COUNT,
+    PING,
+    READY,
+    STOP,
+    TYPES,
+    WELCOME,
+    Ack,
+    BatchDone,
+    Bye,
+    Done,
+    Heartbeat,
+    JobError,
+    Jobs,
+    Message,
+    Ping,
+    ProtocolError,
+    Ready,
+    Stop,
+    Welcome,
+)
 
-READY = b"READY"
-ACK = b"ACK"
-HEARTBEAT = b"HB"
-BYE = b"BYE"
-WELCOME = b"WELCOME"
-JOBS = b"JOBS"
-PING = b"PING"
-STOP = b"STOP"
-DONE = b"DONE"
+__all__ = [  # the messages are part of the contract: protocol.Ready, protocol.JobError, ...
+    "ACK", "BYE", "DONE", "HEARTBEAT", "JOBS", "MOST_COUNT", "PING", "READY", "STOP",
+    "WELCOME", "Ack", "BatchDone", "Bye", "Done", "Envelope", "Heartbeat", "JobError", "Jobs",
+    "Message", "Ping", "ProtocolError", "Ready", "Seal", "Stop", "Welcome", "decode", "encode",
+    "new_epoch", "pack", "unpack",
+]
 
 SLAVE_KINDS = frozenset({READY, ACK, HEARTBEAT, BYE})
 """What a master accepts."""
@@ -59,227 +81,6 @@ MAC_BYTES = hashlib.sha256().digest_size
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 HEARTBEAT_SUFFIX = b"/heartbeat"
 """A slave's heartbeat thread connects as the slave's identity plus this."""
-MOST_COUNT = 2**62
-"""Largest number any count field may hold (JSON itself has no bound)."""
-
-
-class ProtocolError(ValueError):
-    """A message that does not fit the protocol; it is dropped and counted, never acted on."""
-
-
-def new_epoch() -> bytes:
-    """A fresh run epoch: random, so two master starts never share one."""
-    return os.urandom(EPOCH_BYTES)
-
-
-# -- messages -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class JobError:
-    """A user's exception as data: what travels to the master and lands in failure records."""
-
-    type: str
-    message: str
-    traceback: str = ""
-
-    @classmethod
-    def of(cls, e: BaseException) -> JobError:
-        return cls(type(e).__name__, _str(e)[:MAX_ERROR_CHARS],
-                   "".join(traceback.format_exception(e))[-MAX_ERROR_CHARS:])
-
-    def to_wire(self) -> list[str]:
-        return [self.type, self.message, self.traceback]
-
-    @classmethod
-    def from_wire(cls, value: Any) -> JobError:
-        kind, message, trace = _fields(value, 3, "error")
-        return cls(_text(kind, MAX_NAME_CHARS), _text(message, MAX_ERROR_CHARS),
-                   _text(trace, MAX_ERROR_CHARS))
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """Slave to master, answering a WELCOME: "I am in; I hold up to ``window`` jobs"."""
-
-    KIND: ClassVar[bytes] = READY
-    session: int
-    window: int
-    concurrency: int
-    host: str
-    pid: int
-
-    def body(self) -> Any:
-        return [self.session, self.window, self.concurrency, self.host, self.pid]
-
-    @classmethod
-    def parse(cls, body: Any) -> Ready:
-        session, window, concurrency, host, pid = _fields(body, 5, "READY")
-        return cls(_count(session), _count(window), _count(concurrency),
-                   _text(host, MAX_HOST_CHARS), _count(pid))
-
-
-@dataclass(frozen=True, slots=True)
-class BatchDone:
-    """One finished batch in an ACK: the jobs of it that raised, by index in the batch."""
-
-    bid: int
-    failures: tuple[tuple[int, JobError], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """Slave to master: these batches are done; this is the window I ask for now."""
-
-    KIND: ClassVar[bytes] = ACK
-    done: tuple[BatchDone, ...]
-    window: int
-
-    def body(self) -> Any:
-        return [[[b.bid, [[i, e.to_wire()] for i, e in b.failures]] for b in self.done],
-                self.window]
-
-    @classmethod
-    def parse(cls, body: Any) -> Ack:
-        done, window = _fields(body, 2, "ACK")
-        batches = []
-        for item in _list(done, "ACK batches"):
-            bid, failures = _fields(item, 2, "ACK batch")
-            batches.append(BatchDone(_count(bid), tuple(
-                (_count(index), JobError.from_wire(error))
-                for index, error in (_fields(f, 2, "failure") for f in _list(failures,
-                                                                            "failures")))))
-        return cls(tuple(batches), _count(window))
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """Slave to master, every second from a thread of its own (and as a knock before it is
-    welcomed). It names its slave because it comes from a second socket; ``nonce`` is what a
-    WELCOME must echo. ``held`` and ``started`` are the batch ids the slave holds and has
-    begun, or None in a knock."""
-
-    KIND: ClassVar[bytes] = HEARTBEAT
-    slave: str
-    nonce: str
-    held: frozenset[int] | None = None
-    started: frozenset[int] | None = None
-
-    def body(self) -> Any:
-        return [self.slave, self.nonce, _as_list(self.held), _as_list(self.started)]
-
-    @classmethod
-    def parse(cls, body: Any) -> Heartbeat:
-        slave, nonce, held, started = _fields(body, 4, "HB")
-        return cls(_text(slave, MAX_NAME_CHARS), _text(nonce, MAX_NAME_CHARS), _ids(held),
-                   _ids(started))
-
-
-@dataclass(frozen=True, slots=True)
-class Bye:
-    """Slave to master: I am leaving; these batches I never started, hand them to others."""
-
-    KIND: ClassVar[bytes] = BYE
-    handed_back: tuple[int, ...] = ()
-
-    def body(self) -> Any:
-        return list(self.handed_back)
-
-    @classmethod
-    def parse(cls, body: Any) -> Bye:
-        return cls(tuple(_count(bid) for bid in _list(body, "BYE")))
-
-
-@dataclass(frozen=True, slots=True)
-class Welcome:
-    """Master to slave: this is my epoch; forget any earlier lease and send READY."""
-
-    KIND: ClassVar[bytes] = WELCOME
-    session: int
-    nonce: str
-
-    def body(self) -> Any:
-        return [self.session, self.nonce]
-
-    @classmethod
-    def parse(cls, body: Any) -> Welcome:
-        session, nonce = _fields(body, 2, "WELCOME")
-        return cls(_count(session), _text(nonce, MAX_NAME_CHARS))
-
-
-@dataclass(frozen=True, slots=True)
-class Jobs:
-    """Master to slave: a batch of consecutive jobs, acknowledged as a whole. ``isolate``:
-    run it with nothing else beside it (a slave died holding it before)."""
-
-    KIND: ClassVar[bytes] = JOBS
-    bid: int
-    jobs: list[Any]
-    isolate: bool = False
-
-    def body(self) -> Any:
-        return (self.bid, self.jobs, self.isolate)
-
-    @classmethod
-    def parse(cls, body: Any) -> Jobs:
-        if not isinstance(body, tuple) or len(body) != 3:
-            raise ProtocolError("JOBS: expected (batch id, jobs, isolate)")
-        bid, jobs, isolate = body
-        if type(jobs) is not list or not jobs or type(isolate) is not bool:
-            raise ProtocolError("JOBS: expected a non-empty list of jobs and a flag")
-        return cls(_count(bid), jobs, isolate)
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    """Master to slave: I am alive."""
-
-    KIND: ClassVar[bytes] = PING
-
-    def body(self) -> Any:
-        return None
-
-    @classmethod
-    def parse(cls, body: Any) -> Ping:
-        return cls()
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """Master to slave: I am stopping; start nothing more, hand back what you have not begun."""
-
-    KIND: ClassVar[bytes] = STOP
-
-    def body(self) -> Any:
-        return None
-
-    @classmethod
-    def parse(cls, body: Any) -> Stop:
-        return cls()
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """Master to slave: the run is complete, leave. ``nonce`` when it answers a knock."""
-
-    KIND: ClassVar[bytes] = DONE
-    finished: int
-    failed: int
-    nonce: str | None = None
-
-    def body(self) -> Any:
-        return [self.finished, self.failed, self.nonce]
-
-    @classmethod
-    def parse(cls, body: Any) -> Done:
-        finished, failed, nonce = _fields(body, 3, "DONE")
-        return cls(_count(finished), _count(failed),
-                   None if nonce is None else _text(nonce, MAX_NAME_CHARS))
-
-
-Message = Ready | Ack | Heartbeat | Bye | Welcome | Jobs | Ping | Stop | Done
-_TYPES: dict[bytes, Any] = {t.KIND: t for t in (Ready, Ack, Heartbeat, Bye, Welcome, Jobs, Ping,
-                                                 Stop, Done)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +90,11 @@ class Envelope:
     epoch: bytes
     counter: int
     message: Message
+
+
+def new_epoch() -> bytes:
+    """A fresh run epoch: random, so two master starts never share one."""
+    return os.urandom(EPOCH_BYTES)
 
 
 # -- framing --------------------------------------------------------------------------------
@@ -350,51 +156,7 @@ def decode(frames: list[bytes], *, key: bytes | None, kinds: frozenset[bytes],
            max_bytes: int | None = None) -> Envelope:
     """Frames into a typed message: authenticated, then checked field by field."""
     kind, epoch, counter, body = unpack(frames, key=key, kinds=kinds, max_bytes=max_bytes)
-    return Envelope(epoch, counter, _TYPES[kind].parse(body))
-
-
-# -- field checks: each returns the value, or raises ProtocolError ---------------------------
-
-
-def _count(value: Any) -> int:
-    # type() rather than isinstance(): True is an int too, and JSON allows floats, 1e999, NaN.
-    if type(value) is not int or not 0 <= value <= MOST_COUNT:
-        raise ProtocolError(f"expected a count, got {_str(value)[:40]!r}")
-    return value
-
-
-def _text(value: Any, most_chars: int) -> str:
-    if type(value) is not str:
-        raise ProtocolError(f"expected text, got {type(value).__name__}")
-    return value[:most_chars]
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if type(value) is not list:
-        raise ProtocolError(f"{what}: expected a list, got {type(value).__name__}")
-    return value
-
-
-def _fields(value: Any, n: int, what: str) -> list[Any]:
-    if type(value) is not list or len(value) != n:
-        raise ProtocolError(f"{what}: expected a list of {n} fields")
-    return value
-
-
-def _ids(value: Any) -> frozenset[int] | None:
-    return None if value is None else frozenset(_count(v) for v in _list(value, "batch ids"))
-
-
-def _as_list(ids: frozenset[int] | None) -> list[int] | None:
-    return None if ids is None else list(ids)
-
-
-def _str(value: Any) -> str:
-    """str() that never raises: a user's exception may have a broken __str__."""
-    try:
-        return str(value)
-    except Exception as e:  # noqa: BLE001
-        return f"<unprintable {type(value).__name__}: {type(e).__name__}>"
+    return Envelope(epoch, counter, TYPES[kind].parse(body))
 
 
 class Seal:

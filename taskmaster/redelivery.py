@@ -18,7 +18,7 @@ from .config import (
     RETRY_BACKOFF_BASE_S,
     RETRY_BACKOFF_MAX_S,
 )
-from .protocol import JobError
+from .messages import JobError
 
 if TYPE_CHECKING:
     from .ledger import Batch

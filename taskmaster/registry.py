@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .config import MAX_TRACKED_SENDERS, WELCOME_REPEAT_S
-from .protocol import HEARTBEAT_SUFFIX, Ready
+from .messages import Ready
+from .protocol import HEARTBEAT_SUFFIX
 
 
 @dataclass
