@@ -166,18 +166,19 @@ class Master:
 
     def _feed(self) -> None:
         self._room_freed()
-        while True:
+        ended = False
+        while not ended:
             for chunk in self.feeder.take():
                 self.ledger.feed(chunk.jobs, exhausted=chunk.ended and chunk.error is None,
                                  origins=chunk.origins)
                 if chunk.error is not None:
                     self.stop(chunk.error)
-                if chunk.ended:
-                    log.debug("stream ended at job #%d", self.ledger.next_seq)
-                    self._check_complete()
-                    return
+                ended = chunk.ended
+            # Also after the last chunk: the jobs that came with the end must go out too.
             self.handout.serve_waiting()
             self._room_freed()
+        log.debug("stream ended at job #%d", self.ledger.next_seq)
+        self._check_complete()
 
     def _room_freed(self) -> None:
         self.feeder.allow(self.ledger.room())
@@ -194,7 +195,7 @@ class Master:
 
     def _tick(self) -> None:
         steps = (self._watch_slaves, _every(HEARTBEAT_INTERVAL_S, self._ping),
-                 self._release_retries,
+                 self._serve_waiting,
                  _every(CHECKPOINT_INTERVAL_S, self._save_checkpoint), self._show_progress)
         while True:
             gevent.sleep(MASTER_TICK_S)
@@ -215,8 +216,9 @@ class Master:
     def _ping(self, now: float) -> None:
         self.handout.broadcast(p.Ping())
 
-    def _release_retries(self, now: float) -> None:
-        if self.ledger.retrying:
+    def _serve_waiting(self, now: float) -> None:
+        # Retries come due with time, not with a message: someone has to look.
+        if self.registry.waiting and self.ledger.has_work():
             self.handout.serve_waiting()
 
     def _save_checkpoint(self, now: float) -> None:

@@ -476,6 +476,31 @@ def test_master_of_a_complete_run_says_already_complete(procs: Procs, tmp_path: 
     assert len(read_ledger(ledger)) == 500
 
 
+def test_another_runs_state_file_is_refused(procs: Procs, tmp_path: Path) -> None:
+    """The same --state-file with other KEY=VALUEs is another run: refused with one line that
+    says what differs and the two ways out, never silently resumed."""
+    ledger, env = ledger_env(tmp_path)
+    state = tmp_path / "shared.tmstate"
+    first = procs.run("tm-run", "ledger_jobs", SETUP_SLAVES, "count=300", "--state-file",
+                      str(state), NO_PROGRESS, env=env, timeout=RUN_S)
+    assert first.code == 0, first.output
+    saved = state.read_bytes()
+
+    other = procs.run("tm-master", "ledger_jobs", "count=500", "--state-file", str(state),
+                      "--address", "tcp://127.0.0.1:0", NO_PROGRESS, env=env, timeout=QUICK_S)
+    assert other.code == 2, other.output
+    problems = problem_lines(other)
+    assert len(problems) == 1 and "Traceback" not in other.output, other.output
+    assert "belongs to another run" in problems[0]
+    assert "count=300, now count=500" in problems[0]
+    assert "--reset" in problems[0] and "--state-file" in problems[0]
+    assert state.read_bytes() == saved and len(read_ledger(ledger)) == 300
+    # Its own run is still its own: already complete.
+    again = procs.run("tm-master", "ledger_jobs", "count=300", "--state-file", str(state),
+                      "--address", "tcp://127.0.0.1:0", NO_PROGRESS, env=env, timeout=QUICK_S)
+    assert again.code == 0 and "already complete" in again.output, again.output
+
+
 # -- 8. --reset ---------------------------------------------------------------------------------
 
 

@@ -625,3 +625,28 @@ def test_retry_failures_round_trip(procs: Procs, tmp_path: Path) -> None:
     assert sorted(set(retried)) == sorted(failing), "the retry ran other jobs than recorded"
     check_ledger("--retry-failures round trip", first_ledger + retried, set(range(n)),
                  note=f"{len(failing)} failed, then all retried with exit 0")
+
+
+def test_a_retry_that_fails_again_records_the_original_sequence_numbers(
+        procs: Procs, tmp_path: Path) -> None:
+    """--retry-failures streams the file, and a job that fails again is recorded under the
+    number it had in the run it came from, not under its place in the file."""
+    n, every = 60, 7
+    failing = set(range(0, n, every))
+    run = Run(procs, tmp_path)
+    master = run.master(f"count={n}", "--max-retries", "0")
+    slave = run.slave(env=run.env(FAIL_EVERY=every))
+    assert master.wait(40) == 1, master.output
+    assert slave.wait(15) == 0, slave.output
+    assert sorted(r["seq"] for r in run.failure_records()) == sorted(failing)
+
+    again = tmp_path / "again.failures.jsonl"
+    retry = procs.start("tm-master", "--retry-failures", str(run.failures), "ledger_jobs",
+                        "--failures-file", str(again), "--max-retries", "0", "--address",
+                        run.address, "--no-progress", env=run.env())
+    slave = run.slave(env=run.env(FAIL_EVERY=every))
+    assert retry.wait(40) == 1, retry.output
+    assert slave.wait(15) == 0, slave.output
+    records = run.failure_records(again)
+    assert sorted(r["seq"] for r in records) == sorted(failing), records
+    assert all(decode_job(str(r["job"])) == r["seq"] for r in records)

@@ -566,6 +566,33 @@ def test_secret_never_appears_in_output_state_failures_or_command_lines(
             assert needle not in data, f"the secret (or its key) is in {f}"
 
 
+OWN_ENV_SCRIPT = """\
+import os
+
+
+def get_jobs(last=0):
+    # Runs in tm-run's own process: its own secret must not be in its environment, where
+    # anything it starts (and anything reading its environment) would find it.
+    yield "master env has the secret: %s" % bool(os.environ.get("TASKMASTER_SECRET"))
+
+
+def handle_job(job):
+    fd = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, (job + "\\n").encode())
+    os.close(fd)
+"""
+
+
+def test_tm_runs_own_secret_stays_out_of_its_environment(procs: Procs, tmp_path: Path) -> None:
+    script, ledger = tmp_path / "own_env.py", tmp_path / "ledger"
+    script.write_text(OWN_ENV_SCRIPT)
+    run = procs.run("tm-run", str(script), "1", "--no-progress", timeout=60,
+                    env=env(LEDGER=str(ledger)))
+    assert run.code == 0, run.output
+    assert "signed with the shared secret" in run.output  # the run did make one
+    assert read_ledger(ledger) == ["master env has the secret: False"]
+
+
 def test_too_short_or_unreadable_secret_is_refused(procs: Procs, tmp_path: Path) -> None:
     tripwire = tmp_path / "tripwire.py"
     tripwire.write_text(TRIPWIRE)
