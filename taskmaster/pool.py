@@ -8,6 +8,7 @@ when a job raises, the iterator itself says which one it was.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
 import time
@@ -121,20 +122,37 @@ class WorkerPool:
             gevent.idle()
 
     def _run(self, piece: Piece) -> Failures:
-        jobs, failures = piece.jobs, []
+        jobs = piece.jobs
+        failures: Failures = []
         handle = self.handle_job if self.job_timeout_s is None else self._timed
         remaining = iter(jobs)
-        while True:
+        while (start := len(jobs) - operator.length_hint(remaining)) < len(jobs):
+            calls = itertools.count()
             try:
-                # map() in a C loop, with no per-job Python of ours.
-                deque(map(handle, remaining), maxlen=0)
-                return failures
-            except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's error is data
+                # map() in a C loop, with no per-job Python of ours; zip() counts the calls
+                # that returned.
+                deque(zip(map(handle, remaining), calls, strict=False), maxlen=0)
+            except (Exception, SystemExit, gevent.Timeout) as e:  # noqa: BLE001 - user's
                 # A list iterator knows exactly how many it has left: the job that raised is
-                # the one just before those.
+                # the one just before those. (gevent.Timeout is a BaseException: a job's own
+                # timeout firing is the job's failure, not the worker's.)
                 i = len(jobs) - operator.length_hint(remaining) - 1
-                log.warning("handle_job(%.80r) raised %s: %s", jobs[i], type(e).__name__, e)
-                failures.append((piece.offset + i, JobError.of(e)))
+                self._failed(piece, failures, i, JobError.of(e))
+                continue
+            # map() takes a StopIteration raised by handle_job for its own end: then the job
+            # that raised it was taken from the list, but its call did not return.
+            returned, taken = next(calls), len(jobs) - operator.length_hint(remaining) - start
+            if returned < taken:
+                self._failed(piece, failures, start + returned, JobError(
+                    "StopIteration", "handle_job raised StopIteration (its traceback is lost: "
+                    "map() takes it for the end of the jobs); raise another exception"))
+        return failures
+
+    @staticmethod
+    def _failed(piece: Piece, failures: Failures, index: int, error: JobError) -> None:
+        log.warning("handle_job(%.80r) raised %s: %s", piece.jobs[index], error.type,
+                    error.message)
+        failures.append((piece.offset + index, error))
 
     def _timed(self, job: Any) -> None:
         limit = self.job_timeout_s
