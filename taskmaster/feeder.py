@@ -2,15 +2,17 @@
 
 A generator may block anywhere: in a database driver, in ``sqlite3``, in a C-level sleep, in a
 wait for the next due time. Pulled on the gevent hub it would stall everything the master does
-meanwhile (serving slaves, their liveness, signals, checkpoints), so it is pulled here, in a
-real thread, and the master only ever takes finished chunks.
+meanwhile (serving slaves, their liveness, signals, checkpoints), so it is called and pulled
+here, in a real thread, and the master only takes what the thread has pulled.
 
 The hand-off is bounded: the master says how much room its buffer has (`allow`), and the thread
-never pulls beyond it. The thread pulls in C-level steps (``list.extend(islice(...))``), with no
-Python of ours per job, and hands over what it has every `FEED_TURN_S`: a fast stream goes over
-in chunks of thousands, a slow one job by job as each is yielded. A step grows while the stream
-answers at once and shrinks to one job when it blocks, so that a job yielded before a long wait
-is not held back for it.
+never pulls beyond it. The thread pulls in C-level steps (``deque.extend(islice(...))``), with
+no Python of ours per job, doubling from one job to `FEED_STEP_MAX_JOBS` through a turn, and
+hands over what a turn gathered every `FEED_TURN_S`: a fast stream goes over in chunks of
+thousands. A step may block inside the stream with jobs already
+pulled (a burst, then a wait for the next due time): so when a turn lasts longer than that,
+the master takes those jobs itself from the turn's deque, one by one (``deque`` appends and
+pops are thread-safe), and a slow stream's jobs go out as they are yielded.
 """
 
 from __future__ import annotations
@@ -114,15 +116,16 @@ class Feeder:
         self._skip = skip
         self._expect = expect
         self._pairs = pairs
-        self._step = 1
-        # Shared with the thread, under _mutex: what it may pull, and what it has handed over.
+        # Shared with the thread, under _mutex.
         self._mutex = _allocate_lock()
-        self._granted = 0  # jobs the thread may have pulled in all
+        self._granted = 0  # jobs the thread may pull in all
         self._taken = 0  # jobs the master has taken in all
-        self._pulled = 0
-        self._ready: deque[Chunk] = deque()
+        self._ready: deque[_Turn] = deque()  # turns over, not taken yet
+        self._turn: _Turn | None = None  # the turn in progress, if any
         self._closed = False
         self._sleeping = False
+        self._pulled = 0  # the thread's own: jobs it has pulled in all
+        self._pending: Any = _NOTHING  # the thread's own: a first job read ahead to check it
         self._wake = _allocate_lock()
         self._wake.acquire()  # held: released to wake the thread when it sleeps
         self._arrived = gevent.event.Event()
@@ -143,93 +146,119 @@ class Feeder:
             if granted <= self._granted:
                 return
             self._granted = granted
-            if self._sleeping:
-                self._sleeping = False
-                self._wake.release()
+            self._wake_thread()
 
     def take(self) -> list[Chunk]:
-        """The chunks handed over since the last call; waits (this greenlet only) for one."""
+        """The jobs pulled since the last call, in chunks; waits (this greenlet only) for
+        some. A turn of the thread that has lasted over `FEED_TURN_S` is taken from as it
+        goes; otherwise the master waits for the thread to hand a turn over."""
         while True:
             self._arrived.clear()
             with self._mutex:
-                chunks = list(self._ready)
+                chunks = [self._chunk(list(turn.jobs), turn.ended, turn.error)
+                          for turn in self._ready]
                 self._ready.clear()
+                turn = self._turn
+                if not chunks and turn is not None and turn.overdue():
+                    n = len(turn.jobs)
+                    if n:
+                        turn.taken += n
+                        chunks = [self._chunk(list(itertools.islice(
+                            iter(turn.jobs.popleft, _NOTHING), n)), False, None)]
                 self._taken += sum(len(c.jobs) for c in chunks)
+                # Unless the thread waits for room (and so pulls nothing), look again soon:
+                # a turn it starts meanwhile may block with jobs in it, and say nothing.
+                polling = not self._sleeping
             if chunks:
                 return chunks
-            self._arrived.wait()
+            self._arrived.wait(FEED_TURN_S if polling else None)
 
     def close(self) -> None:
         """Stop pulling. A thread blocked inside the stream stays so until it returns, then
         leaves without pulling more."""
         with self._mutex:
             self._closed = True
-            if self._sleeping:
-                self._sleeping = False
-                self._wake.release()
+            self._wake_thread()
         self._async.stop()
         self._async.close()
+
+    def _chunk(self, jobs: list[Any], ended: bool, error: TaskmasterError | None) -> Chunk:
+        if not self._pairs:
+            return Chunk(jobs, None, ended, error)
+        return Chunk([job for _seq, job in jobs], [seq for seq, _job in jobs], ended, error)
+
+    def _wake_thread(self) -> None:
+        # Under _mutex.
+        if self._sleeping:
+            self._sleeping = False
+            self._wake.release()
 
     # -- the thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            try:
-                stream = self._open()
-            except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
-                self._hand_over([], ended=True, error=_user_error(e))
-                return
-            try:
-                self._iterator = iter(stream)
-            except TypeError:
-                self._hand_over([], ended=True, error=ConfigError(
-                    f"get_jobs returned {safe_repr(stream, 60)}, which is not iterable; it "
-                    "must yield jobs (or return a list or a generator)"))
-                return
-            hint = operator.length_hint(stream, -1)
-            self.total = self.first + hint if hint >= 0 else None
-            try:
-                jobs = self._begin()
-            except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
-                self._hand_over([], ended=True, error=_user_error(e))
-                return
-            while (room := self._wait_for_room()) is not None:
-                jobs, ended, error = self._pull(room, jobs)
-                if not self._hand_over(jobs, ended=ended, error=error) or ended:
+            error = self._begin()
+            while error is None and (room := self._wait_for_room()) is not None:
+                if self._expect is not _NOTHING or self._skip:
+                    error = self._resume()  # once the master has made room
+                    continue
+                if not self._pull(room):
                     return
-                jobs = []
+            if error is not None:
+                self._hand_over(_Turn(), ended=True, error=error)
         except BaseException as e:  # a thread of ours must say why it died, whatever it was
             log.critical("internal error in the feeder thread", exc_info=True)
-            self._hand_over([], ended=True, error=InternalError(f"feeder thread: {e!r}"))
+            self._hand_over(_Turn(), ended=True, error=InternalError(f"feeder thread: {e!r}"))
 
-    def _begin(self) -> list[Any]:
-        """Check the first job against what it should be, and skip what is settled already;
-        returns the first job when it is one to run."""
-        if self._expect is _NOTHING and not self._skip:
-            return []
-        first = next(self._iterator, _NOTHING)
-        if first is _NOTHING:
-            return []
-        if self._expect is not _NOTHING:
-            job = first[1] if self._pairs else first
-            try:
-                same = bool(job == self._expect)
-            except Exception:  # noqa: BLE001 - a job whose __eq__ fails cannot be compared
-                same = True
-            if not same:
-                log.warning("get_jobs(last=%s) began with %s: it should yield from `last` on, "
-                            "inclusive (for i in range(last, N)); otherwise jobs are skipped "
-                            "or run again", safe_repr(self._expect, 80), safe_repr(job, 80))
-        if not self._skip:
-            return [first]
-        left = self._skip - 1
-        while left > 0 and not self._closed:
-            step = min(left, 100_000)
-            skipped = sum(1 for _ in itertools.islice(self._iterator, step))
-            left -= skipped
-            if skipped < step:
-                break
-        return []
+    def _begin(self) -> TaskmasterError | None:
+        """Open the stream; the error that ends the run at once, if any."""
+        try:
+            stream = self._open()
+        except TaskmasterError as e:  # ours: a failures file that cannot be read, say
+            return e
+        except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
+            return _user_error(e)
+        try:
+            self._iterator = iter(stream)
+        except TypeError:
+            return ConfigError(f"get_jobs returned {safe_repr(stream, 60)}, which is not "
+                               "iterable; it must yield jobs (or return a list or a generator)")
+        except Exception as e:  # noqa: BLE001 - the user's own __iter__
+            return _user_error(e)
+        try:
+            hint = operator.length_hint(stream, -1)
+        except Exception as e:  # noqa: BLE001 - a user's __length_hint__, or sized(total<0)
+            log.warning("get_jobs' result cannot say its length (%s: %s); no ETA shown",
+                        type(e).__name__, e)
+            hint = -1
+        self.total = self.first + hint if hint >= 0 else None
+        return None
+
+    def _resume(self) -> TaskmasterError | None:
+        """Check the first job against what it should be, and skip what is settled already."""
+        expect, skip = self._expect, self._skip
+        self._expect, self._skip = _NOTHING, 0
+        try:
+            first: Any = next(self._iterator, _NOTHING)
+            if first is _NOTHING:
+                return None
+            if expect is not _NOTHING:
+                _check_first(first[1] if self._pairs else first, expect)
+            if not skip:
+                self._pending = first
+                return None
+            left = skip - 1
+            while left > 0 and not self._closed:
+                step = min(left, 100_000)
+                skipped = sum(1 for _ in itertools.islice(self._iterator, step))
+                left -= skipped
+                if skipped < step:
+                    break
+        except TaskmasterError as e:
+            return e
+        except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
+            return _user_error(e)
+        return None
 
     def _wait_for_room(self) -> int | None:
         while True:
@@ -242,45 +271,83 @@ class Feeder:
                 self._sleeping = True
             self._wake.acquire()
 
-    def _pull(self, room: int, jobs: list[Any]
-              ) -> tuple[list[Any], bool, TaskmasterError | None]:
-        """Up to ``room`` jobs, for at most about one turn: (jobs, ended, the stream's error)."""
-        deadline = time.perf_counter() + FEED_TURN_S
-        while len(jobs) < room:
-            want = min(self._step, room - len(jobs))
-            before = len(jobs)
-            began = time.perf_counter()
-            try:
-                # extend() keeps what it appended before an exception: a failing stream loses
-                # none of the jobs it did yield.
-                jobs.extend(itertools.islice(self._iterator, want))
-            except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
-                return jobs, True, _user_error(e)
-            if len(jobs) - before < want:
-                return jobs, True, None
-            now = time.perf_counter()
-            if now - began > FEED_TURN_S:
-                self._step = 1  # the stream waits: pass each job on as it comes
-            elif now - began < FEED_TURN_S / 8:
-                self._step = min(2 * self._step, FEED_STEP_MAX_JOBS)
-            if now >= deadline:
-                break
-        return jobs, False, None
-
-    def _hand_over(self, jobs: list[Any], *, ended: bool,
-                   error: TaskmasterError | None = None) -> bool:
-        origins = None
-        if self._pairs:
-            origins = [seq for seq, _job in jobs]
-            jobs = [job for _seq, job in jobs]
+    def _pull(self, room: int) -> bool:
+        """One turn: up to ``room`` jobs, for about `FEED_TURN_S`; False once the stream ended
+        (or the feeder was closed)."""
+        turn = _Turn()
+        if self._pending is not _NOTHING:
+            turn.jobs.append(self._pending)
+            self._pending = _NOTHING
+        pulled = len(turn.jobs)
         with self._mutex:
+            self._turn = turn
+        deadline = turn.began + FEED_TURN_S
+        ended, error = False, None
+        step = 1  # doubling through the turn: a stream that blocks at once costs no big step
+        while pulled < room and not self._closed:
+            want = min(step, room - pulled)
+            step = min(2 * step, FEED_STEP_MAX_JOBS)
+            with self._mutex:
+                before = len(turn.jobs) + turn.taken
+            try:
+                # Appended one by one, in C: the master may take them while a step waits
+                # inside the stream. (And nothing is lost if the stream raises midway.)
+                turn.jobs.extend(itertools.islice(self._iterator, want))
+            except TaskmasterError as e:
+                ended, error = True, e
+            except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
+                ended, error = True, _user_error(e)
+            with self._mutex:
+                got = len(turn.jobs) + turn.taken - before
+            pulled += got
+            if ended or got < want:
+                ended = True
+                break
+            if time.perf_counter() >= deadline:
+                break
+        self._pulled += pulled
+        return self._hand_over(turn, ended=ended, error=error) and not ended
+
+    def _hand_over(self, turn: _Turn, *, ended: bool,
+                   error: TaskmasterError | None = None) -> bool:
+        with self._mutex:
+            self._turn = None
             if self._closed:
                 return False
-            self._pulled += len(jobs)
-            self._ready.append(Chunk(jobs, origins, ended or error is not None, error))
-            # Under the mutex: once close() has it, no send reaches a closed watcher.
-            self._async.send()
+            turn.ended, turn.error = ended or error is not None, error
+            if turn.jobs or turn.ended:
+                self._ready.append(turn)
+                # Under the mutex: once close() has it, no send reaches a closed watcher.
+                self._async.send()
         return True
+
+
+class _Turn:
+    """What the thread pulls in one turn: jobs appended as they come, taken by the master
+    once the turn is over, or as it goes when it lasts too long."""
+
+    __slots__ = ("began", "ended", "error", "jobs", "taken")
+
+    def __init__(self) -> None:
+        self.jobs: deque[Any] = deque()
+        self.began = time.perf_counter()
+        self.taken = 0  # jobs the master took while the turn went on
+        self.ended = False
+        self.error: TaskmasterError | None = None
+
+    def overdue(self) -> bool:
+        return time.perf_counter() - self.began >= FEED_TURN_S
+
+
+def _check_first(job: Any, expect: Any) -> None:
+    try:
+        same = bool(job == expect)
+    except Exception:  # noqa: BLE001 - a job whose __eq__ fails cannot be compared
+        same = True
+    if not same:
+        log.warning("get_jobs(last=%s) began with %s: it should yield from `last` on, "
+                    "inclusive (for i in range(last, N)); otherwise jobs are skipped or run "
+                    "again", safe_repr(expect, 80), safe_repr(job, 80))
 
 
 def _user_error(e: Exception) -> UserCodeError:
