@@ -77,19 +77,19 @@ class Checkpointer:
 
     def build(self, ledger: Ledger) -> Checkpoint:
         """The checkpoint for the ledger as it stands."""
-        totals = {"finished": self.finished(ledger), "failed": self.failed(ledger),
-                  "identity": self.identity}
+        finished, failed = self.finished(ledger), self.failed(ledger)
         point = ledger.resume_point()
         if ledger.complete:
-            return Checkpoint(resume_seq=ledger.next_seq, complete=True,
-                              failed_before=totals["failed"], **totals)
+            return Checkpoint(resume_seq=ledger.next_seq, complete=True, finished=finished,
+                              failed=failed, failed_before=failed, identity=self.identity)
         if point is None:
             # Nothing pulled from the stream yet: where we started is still where to resume.
-            return dataclasses.replace(self.start, complete=False, **totals)
+            return dataclasses.replace(self.start, complete=False, finished=finished,
+                                       failed=failed, identity=self.identity)
         return Checkpoint(resume_seq=point.seq, last_seq=point.last_seq, last_job=point.last_job,
-                          has_last=True,
+                          has_last=True, finished=finished, failed=failed,
                           failed_before=self.base_failed + ledger.failed_before(point.seq),
-                          **totals)
+                          identity=self.identity)
 
     def save(self, ledger: Ledger, force: bool = False) -> bool:
         """Write the checkpoint if it changed (or ``force``); True when the file holds it."""
@@ -99,7 +99,7 @@ class Checkpointer:
             return True
         try:
             self.state.save(cp)
-        except (pickle.PicklingError, TypeError, AttributeError) as e:
+        except pickle.PicklingError as e:
             # The resume job itself cannot be pickled (the dispatcher reports it as the run's
             # error); the last checkpoint written is still a safe resume point.
             log.debug("checkpoint not written: %s", e)

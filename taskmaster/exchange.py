@@ -111,6 +111,9 @@ class Exchange:
         if jobs:
             log.warning("slave %s does not hold %d jobs leased to it %.0fs ago (lost in "
                         "transit); they go out again", slave.name, jobs, self.lease_timeout_s)
+            # It has room again, but it is not waiting (its window was full), and with
+            # nothing held it sends no acknowledgement that would be answered with work.
+            self.handout.offer(slave, now)
             self.handout.serve_waiting()
 
     def _on_ready(self, ident: bytes, slave: SlaveInfo | None, msg: p.Ready, now: float) -> None:

@@ -80,7 +80,7 @@ class Registry:
     def offer(self, ident: bytes, now: float) -> int | None:
         """The session to offer a knocking stranger, or None when it was offered one just now
         (knocks are not answered more often than `WELCOME_REPEAT_S`)."""
-        session, sent = self._offers.get(ident, (next(self._sessions), 0.0))
+        session, sent = self._offers.get(ident, (next(self._sessions), float("-inf")))
         if now - sent < WELCOME_REPEAT_S:
             return None
         if len(self._offers) > MAX_TRACKED_SENDERS:

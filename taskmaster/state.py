@@ -47,8 +47,13 @@ class Checkpoint:
 
 
 def encode_job(job: Any) -> str:
-    """A job as base64 pickle text, for JSON files."""
-    return base64.b64encode(pickle.dumps(job, pickle.HIGHEST_PROTOCOL)).decode("ascii")
+    """A job as base64 pickle text, for JSON files; PicklingError if it cannot be pickled,
+    whatever pickling it raised (a user's object may raise anything)."""
+    try:
+        data = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)
+    except Exception as e:  # one error type for "this job does not pickle", whatever it was
+        raise pickle.PicklingError(f"{type(e).__name__}: {e}") from e
+    return base64.b64encode(data).decode("ascii")
 
 
 def decode_job(text: str) -> Any:
