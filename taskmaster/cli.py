@@ -27,6 +27,7 @@ from .config import (
     SECRET_ENV,
     MasterConfig,
     SlaveConfig,
+    check_connectable,
     load_secret,
 )
 from .errors import EXIT_FAILED, ConfigError, Outcome, TaskmasterError, UserCodeError
@@ -219,7 +220,7 @@ def slave(target: str, address: str, log_level: str, no_progress: bool, **opts: 
     _setup_logging(log_level)
 
     def body() -> int:
-        cfg = _slave_config(target, address, opts, no_progress)
+        cfg = _slave_config(target, check_connectable(address), opts, no_progress)
         switch_on(not opts["no_monkey_patch"])
         from .slave import Slave
 
@@ -241,7 +242,7 @@ def spawn(target: str, n: int, address: str, log_level: str, no_progress: bool,
 
     def body() -> int:
         # The target itself is loaded (and checked) by each slave.
-        _slave_config(target, address, opts, no_progress)
+        _slave_config(target, check_connectable(address), opts, no_progress)
         switch_on()
         from .spawn import Supervisor
 

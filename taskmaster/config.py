@@ -151,6 +151,19 @@ def check_address(address: str) -> str:
     return address
 
 
+def asks_for_a_port(address: str) -> bool:
+    """True for a tcp address whose port the system picks at bind time (0 or ``*``)."""
+    return address.startswith("tcp://") and address.rsplit(":", 1)[-1] in ("0", "*")
+
+
+def check_connectable(address: str) -> str:
+    """A slave's address must name its master's port: port 0 is only for a master to bind."""
+    if asks_for_a_port(address):
+        raise ConfigError(f"bad address {address!r}: a slave connects to its master's port; "
+                          "port 0 (any free port) is for the master to bind")
+    return address
+
+
 def load_secret(secret_file: Path | None) -> bytes | None:
     """The shared secret, from --secret-file or $TASKMASTER_SECRET; None when neither is set.
 

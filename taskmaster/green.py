@@ -32,7 +32,7 @@ def _entry_points_read_once() -> Iterator[None]:
             everything = original()
         return everything.select(**params) if params else everything
 
-    metadata.entry_points = entry_points  # type: ignore[assignment]
+    metadata.entry_points = entry_points
     try:
         yield
     finally:

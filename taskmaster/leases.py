@@ -67,7 +67,8 @@ class Buffer:
             self.chunks.popleft()  # the common cases: a whole chunk, no copy
             self.jobs -= len(head.jobs)
             return head
-        start, jobs = head.start, []
+        start = head.start
+        jobs: list[Any] = []
         origins: list[int] | None = [] if head.origins is not None else None
         while len(jobs) < n and self.chunks:
             head = self.chunks[0]

@@ -45,7 +45,7 @@ class Spare:
 
 def backoff_s(attempts: int) -> float:
     """Delay before retry number ``attempts``: doubling from the base, capped."""
-    return min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * 2 ** max(0, attempts - 1))
+    return min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * 2.0 ** max(0, attempts - 1))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import gevent
 
-from .config import SLAVE_EXIT_GRACE_S, SUPERVISE_POLL_S, MasterConfig
-from .errors import EXIT_FAILED, EXIT_OK, Outcome, TaskmasterError
+from .config import SLAVE_EXIT_GRACE_S, SUPERVISE_POLL_S, MasterConfig, asks_for_a_port
+from .errors import EXIT_FAILED, EXIT_OK, InternalError, Outcome, TaskmasterError
 from .master import Master
 from .spawn import Supervisor
 
@@ -35,13 +35,15 @@ def run_here(cfg: MasterConfig, get_jobs: Callable[..., object], n: int, *,
         outcome = master.open()
         if outcome is not None:
             return outcome
-        if not _asks_for_a_port(cfg.address):
+        if not asks_for_a_port(cfg.address):
             supervisors.append(Supervisor(slave_argv(cfg.address), n, env, fork=fork))
         address = master.start()
         if not supervisors:
             supervisors.append(Supervisor(slave_argv(address), n, env))
         sup = supervisors[0]
         watcher = gevent.spawn(_watch, sup, master, n)
+        watcher.link_exception(
+            lambda g: master.stop(InternalError(f"watching the slaves: {g.exception!r}")))
         outcome = master.serve()
         watcher.kill()
         if outcome.complete:
@@ -55,11 +57,6 @@ def run_here(cfg: MasterConfig, get_jobs: Callable[..., object], n: int, *,
             # After a complete run the slaves have been told so and leave by themselves.
             done = outcome is not None and outcome.exit_code in (EXIT_OK, EXIT_FAILED)
             sup.stop(grace_s=SLAVE_EXIT_GRACE_S if done else 0)
-
-
-def _asks_for_a_port(address: str) -> bool:
-    """True for a tcp address whose port the system picks at bind time."""
-    return address.startswith("tcp://") and address.rsplit(":", 1)[-1] in ("0", "*")
 
 
 def _watch(sup: Supervisor, master: Master, n: int) -> None:

@@ -128,7 +128,10 @@ class Slave:
             log.info("%s: leaving", self.signals.name)
         self._paused = True
         self._hand_back()
-        gevent.spawn(self._finish, exit_code_for_signal(self.signals.requested or 0))
+        self._leave(exit_code_for_signal(self.signals.requested or 0))
+
+    def _leave(self, code: int) -> None:
+        gevent.spawn(self._finish, code).link_exception(self._crashed)
 
     def _finish(self, code: int) -> None:
         """Exit once the batches already started are done (bounded by SLAVE_STOP_WAIT_S)."""
@@ -143,7 +146,7 @@ class Slave:
         self.sock.wake()
 
     def _crashed(self, greenlet: gevent.Greenlet) -> None:
-        log.critical("internal error in a worker", exc_info=greenlet.exc_info)
+        log.critical("internal error in %s", greenlet, exc_info=greenlet.exc_info)
         self._exit = EXIT_FAILED
         self.sock.wake()
 
@@ -190,7 +193,7 @@ class Slave:
                      "attempts)", msg.finished, msg.failed, self.holdings.done,
                      self.holdings.failed_attempts)
             self._send(p.Bye())
-            gevent.spawn(self._finish, EXIT_OK)
+            self._leave(EXIT_OK)
 
     def _on_welcome(self, envelope: p.Envelope, msg: p.Welcome) -> None:
         if msg.nonce != self.nonce or self._stopping:

@@ -203,6 +203,5 @@ class Supervisor:
             if c.proc.poll() is None:
                 log.warning("slave pid %d did not stop; killing it", c.proc.pid)
                 c.proc.kill()
-                c.proc.wait()
-                c.status = _status(c.proc.returncode)
+                c.status = _status(c.proc.wait())
         return max((c.status or 0 for c in self.children), default=EXIT_OK)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import ConfigError
 
@@ -58,7 +58,7 @@ class Target:
             ) from None
         if not callable(func):
             raise ConfigError(f"target {self.spec!r}: {self.func!r} is not callable")
-        return func
+        return cast(Callable[..., Any], func)
 
     def _load_module(self) -> Any:
         # A module named on the command line is looked up from the current directory too,

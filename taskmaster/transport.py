@@ -25,12 +25,13 @@ log = logging.getLogger(__name__)
 
 
 def _fail(action: str, address: str, e: zmq.ZMQError) -> TransportError:
-    hint = {
+    hints: dict[int | None, str] = {
         zmq.EADDRINUSE: "another process listens there: stop it or pick another --address",
         zmq.EADDRNOTAVAIL: "that address is not on this host: bind a local address",
         zmq.EINVAL: "expected tcp://HOST:PORT",
         zmq.EPROTONOSUPPORT: "expected tcp://HOST:PORT",
-    }.get(e.errno, "check --address")
+    }
+    hint = hints.get(e.errno, "check --address")
     return TransportError(f"cannot {action} {address}: {e.strerror}; {hint}")
 
 
@@ -39,7 +40,7 @@ class MasterSocket:
 
     def __init__(self, address: str, max_bytes: int = MAX_MESSAGE_BYTES,
                  curve: Curve | None = None) -> None:
-        self._sock = gzmq.Context.instance().socket(zmq.ROUTER)
+        self._sock: zmq.Socket[bytes] = gzmq.Context.instance().socket(zmq.ROUTER)
         if curve is not None:
             curve.apply(self._sock, server=True)
         # Sending to a slave that has gone must raise, not vanish silently: it tells us the
@@ -121,8 +122,13 @@ class SlaveSocket:
             return None
 
     def _receive(self) -> None:
-        while True:
-            self._inbox.put(self._sock.recv_multipart())
+        try:
+            while True:
+                self._inbox.put(self._sock.recv_multipart())
+        except zmq.ZMQError as e:
+            # Not silently: the slave would wait for messages that can never come.
+            log.critical("cannot receive from the master: %s", e.strerror)
+            raise
 
     def pending(self) -> list[list[bytes]]:
         """The messages that have arrived, in order, without waiting for any."""
@@ -202,7 +208,8 @@ def start_heartbeat_thread(address: str, identity: bytes, make_frames: Callable[
             ctx.term()
 
     start_thread(beat, ())
-    return stopped.release
+    stop: Callable[[], None] = stopped.release
+    return stop
 
 
 @dataclass(frozen=True)
