@@ -6,13 +6,13 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -21,16 +21,13 @@ JOBS = TESTS / "jobs"
 
 COMMANDS = {"tm-master": "master", "tm-slave": "slave", "tm-spawn": "spawn", "tm-run": "run"}
 
-
-def free_port() -> int:
-    """A port nobody listens on right now (the OS picks it by binding port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+T = TypeVar("T")
 
 
-def free_address() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
+ANY_PORT = "tcp://127.0.0.1:0"
+"""A master address on loopback whose port the system picks when the master binds it: no
+other process can take the port between the pick and the bind. `listening_on` reads the
+address the master got."""
 
 
 class Proc:
@@ -144,3 +141,40 @@ def read_ledger(path: Path) -> list[str]:
     if not path.exists():
         return []
     return [line for line in path.read_text().splitlines() if line]
+
+
+def listening_on(master: Proc, timeout: float = 20.0) -> str:
+    """The address a master says it bound: with `ANY_PORT`, the port the system picked."""
+    return master.expect(r"master listening on (\S+)", timeout).group(1)
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, *alive: Proc,
+             between: Callable[[], object] | None = None, step_s: float = 0.01) -> T:
+    """Poll ``check()`` every ``step_s`` until it returns something truthy; return that.
+
+    Fails with an AssertionError that names ``what``, says whether the wait timed out or a
+    process of ``alive`` exited (checked every round: none of them may end before ``check``
+    holds), and holds the output of each process of ``alive``. ``between()``, when given,
+    runs after each round that found ``check()`` false, e.g. to keep poking a peer.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        gone = [p for p in alive if p.proc.poll() is not None]
+        if gone:
+            # What it printed or wrote just before it exited may be what ``check`` waits for.
+            for p in gone:
+                p._reader.join(1)
+            value = check()
+            if value:
+                return value
+        if gone or time.monotonic() > deadline:
+            why = (", ".join(f"{p.argv} exited with {p.proc.returncode}" for p in gone) if gone
+                   else f"timed out after {timeout}s")
+            outputs = "\n\n".join(f"{p.argv}:\n{p.output}" for p in alive)
+            raise AssertionError(f"waiting for {what}: {why}\n{outputs}")
+        if between is not None:
+            between()
+        time.sleep(step_s)

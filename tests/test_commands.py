@@ -1,9 +1,10 @@
 """The four commands as a user runs them: real processes, real ZeroMQ on loopback, real files.
 
 Every test starts `python -m taskmaster master|slave|spawn|run ...` through the `procs` fixture,
-on a free 127.0.0.1 port, in its own tmp_path, with job modules from tests/jobs that append each
-executed job to a ledger file. Each test checks the exit status and the line or ledger content
-that shows the command did what its contract says.
+in its own tmp_path, with job modules from tests/jobs that append each executed job to a ledger
+file. A master binds a 127.0.0.1 port the system picks (port 0) and slaves get the address it
+logs. Each test checks the exit status and the line or ledger content that shows the command did
+what its contract says.
 """
 
 from __future__ import annotations
@@ -11,16 +12,14 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from procs import Proc, Procs, free_address, read_ledger
+from procs import ANY_PORT, Proc, Procs, listening_on, read_ledger, wait_for
 from taskmaster.config import MAX_WINDOW_JOBS
 
 START_S = 20.0
@@ -29,8 +28,6 @@ RUN_S = 60.0
 """Bound on a whole (small) run."""
 QUICK_S = 15.0
 """Bound on a command that must exit without running anything."""
-POLL_S = 0.01
-"""Interval of the bounded polls of files another process writes."""
 
 NO_PROGRESS = "--no-progress"
 SETUP_SLAVES = "1"
@@ -105,25 +102,12 @@ def state_file_of(proc: Proc) -> Path:
     return Path(proc.expect(r"state file: (.+?\.tmstate)", timeout=1).group(1))
 
 
-def start_master(procs: Procs, address: str, *args: str, env: dict | None = None) -> Proc:
+def start_master(procs: Procs, *args: str, address: str = ANY_PORT,
+                 env: dict | None = None) -> tuple[Proc, str]:
+    """A master that is listening, and the address it bound (by default on a port the system
+    picked; a restart passes the address its predecessor bound, so that slaves rejoin)."""
     master = procs.start("tm-master", *args, "--address", address, NO_PROGRESS, env=env)
-    master.expect(r"master listening on", timeout=START_S)
-    return master
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, *alive: Proc) -> Any:
-    """Wait for ``check()`` to be truthy: a short-interval poll of a file, under a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        gone = [p for p in alive if p.proc.poll() is not None]
-        if gone or time.monotonic() > deadline:
-            outputs = "\n\n".join(f"{p.argv}:\n{p.output}" for p in alive)
-            why = f"{gone[0].argv} exited" if gone else f"not within {timeout}s"
-            raise AssertionError(f"waiting for {what}: {why}\n{outputs}")
-        time.sleep(POLL_S)
+    return master, listening_on(master, timeout=START_S)
 
 
 def read_checkpoint(state: Path) -> dict:
@@ -145,8 +129,7 @@ def count_lines(proc: Proc, pattern: str) -> int:
 
 def test_master_and_slave_run_the_whole_stream(procs: Procs, tmp_path: Path) -> None:
     ledger, env = ledger_env(tmp_path)
-    address = free_address()
-    master = start_master(procs, address, "ledger_jobs", "count=2000", env=env)
+    master, address = start_master(procs, "ledger_jobs", "count=2000", env=env)
     slave = procs.start("tm-slave", "ledger_jobs", "--address", address, NO_PROGRESS, env=env)
 
     assert master.wait(RUN_S) == 0, master.output
@@ -179,9 +162,8 @@ def test_target_forms(procs: Procs, tmp_path: Path, master_target: str, slave_ta
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "myjobs.py").write_text(SCRIPT)
     ledger, env = ledger_env(tmp_path)
-    address = free_address()
     pairs = ["count=300"] if master_target.startswith("ledger_jobs") else []
-    master = start_master(procs, address, master_target.format(abs=tmp_path), *pairs, env=env)
+    master, address = start_master(procs, master_target.format(abs=tmp_path), *pairs, env=env)
     slave = procs.start("tm-slave", slave_target.format(abs=tmp_path), "--address", address,
                         NO_PROGRESS, env=env)
 
@@ -260,7 +242,7 @@ def test_run_restarts_a_killed_forked_slave_as_a_fresh_process(procs: Procs,
     count = 3000
     run, ledger, imports = marked_run(procs, tmp_path, "2", f"count={count}", "--lease-timeout",
                                       "3", SLEEP_S="0.02")
-    poll(lambda: len(read_ledger(ledger)) >= 300, START_S, "jobs to run", run)
+    wait_for(lambda: len(read_ledger(ledger)) >= 300, START_S, "jobs to run", run)
     slaves = psutil.Process(run.pid).children()
     assert len(slaves) == 2
     slaves[0].kill()
@@ -314,13 +296,12 @@ def test_run_moves_large_jobs_in_batches_a_slave_accepts(procs: Procs, tmp_path:
 def test_spawn_runs_n_slaves_until_the_master_completes(procs: Procs, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     ledger, env = ledger_env(tmp_path, GATE=str(gate))
-    address = free_address()
-    master = start_master(procs, address, "gated_jobs", "count=3000", env=env)
+    master, address = start_master(procs, "gated_jobs", "count=3000", env=env)
     spawn = procs.start("tm-spawn", "gated_jobs", "3", "--address", address, NO_PROGRESS,
                         env=env)
     # No job finishes before the gate opens, so the run cannot end before all three joined.
-    poll(lambda: count_lines(master, r"slave \S+ joined") >= 3, START_S,
-         "three slaves to join", master, spawn)
+    wait_for(lambda: count_lines(master, r"slave \S+ joined") >= 3, START_S,
+             "three slaves to join", master, spawn)
     assert read_ledger(ledger) == []
     gate.touch()
 
@@ -381,9 +362,8 @@ def test_master_sigkill_then_restart_resumes(procs: Procs, tmp_path: Path) -> No
     count, size = 200_000, 1000
     ledger, env = ledger_env(tmp_path, SLEEP_S="0.0002")
     state = tmp_path / "run.tmstate"
-    address = free_address()
     args = ("ledger_jobs", f"count={count}", "--size", str(size), "--state-file", str(state))
-    master = start_master(procs, address, *args, env=env)
+    master, address = start_master(procs, *args, env=env)
     slave = procs.start("tm-slave", "ledger_jobs", "--address", address, "--concurrency", "20",
                         NO_PROGRESS, env=env)
 
@@ -392,14 +372,14 @@ def test_master_sigkill_then_restart_resumes(procs: Procs, tmp_path: Path) -> No
         return cp["resume_seq"] if cp.get("has_last") else 0
 
     # Kill once jobs have run and a checkpoint past the start exists: mid-run, for sure.
-    poll(lambda: ledger.exists() and ledger.stat().st_size > 0 and checkpointed() > 0, RUN_S,
-         "a checkpoint after some jobs", master, slave)
+    wait_for(lambda: ledger.exists() and ledger.stat().st_size > 0 and checkpointed() > 0,
+             RUN_S, "a checkpoint after some jobs", master, slave)
     saved = checkpointed()
     master.signal(signal.SIGKILL)
     assert master.wait(QUICK_S) == -signal.SIGKILL
     assert "run complete" not in master.output
 
-    restarted = start_master(procs, address, *args, env=env)
+    restarted, _ = start_master(procs, *args, address=address, env=env)
     resumed = int(restarted.expect(r"resuming at job #(\d+)", timeout=1).group(1))
     assert saved <= resumed < count
     slave.expect(r"rejoining", timeout=START_S)
@@ -425,9 +405,8 @@ def test_restart_counts_each_job_once(procs: Procs, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     ledger, env = ledger_env(tmp_path, GATE=str(gate), GATE_ON="10")
     state = tmp_path / "run.tmstate"
-    address = free_address()
     args = ("gated_jobs", f"count={count}", "--size", "1000", "--state-file", str(state))
-    master = start_master(procs, address, *args, env=env)
+    master, address = start_master(procs, *args, env=env)
     slave = procs.start("tm-slave", "gated_jobs", "--address", address, "--concurrency", "4",
                         NO_PROGRESS, env=env)
 
@@ -436,13 +415,13 @@ def test_restart_counts_each_job_once(procs: Procs, tmp_path: Path) -> None:
         return cp if cp.get("has_last") and cp["finished"] > cp["resume_seq"] else {}
 
     # Job 10 holds the resume point while later jobs finish and are checkpointed as finished.
-    cp = poll(finished_past_resume_point, RUN_S,
-              "a checkpoint with jobs finished past the resume point", master, slave)
+    cp = wait_for(finished_past_resume_point, RUN_S,
+                  "a checkpoint with jobs finished past the resume point", master, slave)
     assert cp["resume_seq"] <= 10
     master.signal(signal.SIGKILL)
     assert master.wait(QUICK_S) == -signal.SIGKILL
 
-    restarted = start_master(procs, address, *args, env=env)
+    restarted, _ = start_master(procs, *args, address=address, env=env)
     resumed = int(restarted.expect(r"resuming at job #(\d+)", timeout=1).group(1))
     assert cp["resume_seq"] <= resumed <= 10
     gate.touch()
@@ -467,7 +446,7 @@ def test_master_of_a_complete_run_says_already_complete(procs: Procs, tmp_path: 
     assert first.code == 0, first.output
     assert len(read_ledger(ledger)) == 500
 
-    again = procs.run("tm-master", "ledger_jobs", "count=500", "--address", free_address(),
+    again = procs.run("tm-master", "ledger_jobs", "count=500", "--address", ANY_PORT,
                       NO_PROGRESS, env=env, timeout=QUICK_S)
 
     assert again.code == 0, again.output
@@ -487,7 +466,7 @@ def test_another_runs_state_file_is_refused(procs: Procs, tmp_path: Path) -> Non
     saved = state.read_bytes()
 
     other = procs.run("tm-master", "ledger_jobs", "count=500", "--state-file", str(state),
-                      "--address", "tcp://127.0.0.1:0", NO_PROGRESS, env=env, timeout=QUICK_S)
+                      "--address", ANY_PORT, NO_PROGRESS, env=env, timeout=QUICK_S)
     assert other.code == 2, other.output
     problems = problem_lines(other)
     assert len(problems) == 1 and "Traceback" not in other.output, other.output
@@ -497,7 +476,7 @@ def test_another_runs_state_file_is_refused(procs: Procs, tmp_path: Path) -> Non
     assert state.read_bytes() == saved and len(read_ledger(ledger)) == 300
     # Its own run is still its own: already complete.
     again = procs.run("tm-master", "ledger_jobs", "count=300", "--state-file", str(state),
-                      "--address", "tcp://127.0.0.1:0", NO_PROGRESS, env=env, timeout=QUICK_S)
+                      "--address", ANY_PORT, NO_PROGRESS, env=env, timeout=QUICK_S)
     assert again.code == 0 and "already complete" in again.output, again.output
 
 
@@ -510,8 +489,7 @@ def test_reset_runs_a_complete_run_again(procs: Procs, tmp_path: Path) -> None:
                       timeout=RUN_S)
     assert first.code == 0, first.output
 
-    address = free_address()
-    master = start_master(procs, address, "ledger_jobs", "count=500", "--reset", env=env)
+    master, address = start_master(procs, "ledger_jobs", "count=500", "--reset", env=env)
     slave = procs.start("tm-slave", "ledger_jobs", "--address", address, NO_PROGRESS, env=env)
 
     assert master.wait(RUN_S) == 0, master.output
@@ -530,7 +508,7 @@ def test_corrupt_state_file_is_a_clear_error(procs: Procs, tmp_path: Path) -> No
     state.write_bytes(b"\x00garbage{not json")
 
     master = procs.run("tm-master", "ledger_jobs", "--state-file", str(state), "--address",
-                       free_address(), NO_PROGRESS, env=env, timeout=QUICK_S)
+                       ANY_PORT, NO_PROGRESS, env=env, timeout=QUICK_S)
 
     assert master.code == 2, master.output
     lines = [line for line in master.lines if line.strip()]
@@ -563,7 +541,9 @@ def test_bad_target_or_argument_is_one_clear_line(procs: Procs, tmp_path: Path, 
     (tmp_path / "strict.py").write_text(STRICT_SCRIPT)
     ledger, env = ledger_env(tmp_path)
 
-    proc = procs.run(command, *words, "--address", free_address(), NO_PROGRESS, env=env,
+    # Neither gets as far as a socket; were one made, a slave's would find no master there.
+    address = ANY_PORT if command == "tm-master" else f"ipc://{tmp_path}/master"
+    proc = procs.run(command, *words, "--address", address, NO_PROGRESS, env=env,
                      timeout=QUICK_S)
 
     assert proc.code == 2, proc.output
@@ -608,12 +588,13 @@ def test_failing_jobs_are_recorded_and_the_run_exits_1(procs: Procs, tmp_path: P
 
 def test_slave_started_first_waits_for_its_master(procs: Procs, tmp_path: Path) -> None:
     ledger, env = ledger_env(tmp_path)
-    address = free_address()
+    # No master yet, so no port to ask one for: an ipc endpoint the master binds later.
+    address = f"ipc://{tmp_path}/master"
     slave = procs.start("tm-slave", "ledger_jobs", "--address", address, NO_PROGRESS, env=env)
     slave.expect(r"slave \S+: \d+ greenlets, master ", timeout=START_S)
     assert slave.proc.poll() is None
 
-    master = start_master(procs, address, "ledger_jobs", "count=1000", env=env)
+    master, _ = start_master(procs, "ledger_jobs", "count=1000", address=address, env=env)
 
     assert master.wait(RUN_S) == 0, master.output
     assert slave.wait(RUN_S) == 0, slave.output

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 
-from procs import Procs
+from procs import Procs, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,10 +41,8 @@ def test_sqlite_migration_resumes_from_its_state(procs: Procs, tmp_path: Path) -
             "--state-file", str(state), "--no-progress", "--log-level", "DEBUG")
     first = procs.start("tm-run", *args)
     first.expect(r"slave \S+ joined", timeout=60)
-    deadline = time.monotonic() + 60
-    while not (state.exists() and json.loads(state.read_text())["resume_seq"] > 0):
-        assert time.monotonic() < deadline and first.proc.poll() is None, first.output
-        time.sleep(0.01)
+    wait_for(lambda: state.exists() and json.loads(state.read_text())["resume_seq"] > 0, 60,
+             "a checkpoint past the first page", first)
     first.signal(2)
     assert first.wait(60) == 130, first.output
     assert "stopped by SIGINT" in first.output

@@ -1,10 +1,11 @@
 """Fault injection with real processes: kill, stop, signal and break things mid-run.
 
-Every test runs real `tm-master` / `tm-slave` / `tm-spawn` processes over ZeroMQ on a free
-loopback port, with job modules that append each executed job to a ledger file. The ledger is
-the proof: after the run, the set of jobs in it must be the whole stream (minus the jobs the
-test expects to be recorded as failed), so no job was lost; how many jobs ran more than once
-(allowed: delivery is at-least-once) is printed per test and in a summary at the end (`-s`).
+Every test runs real `tm-master` / `tm-slave` / `tm-spawn` processes over ZeroMQ on a loopback
+port the first master picks (port 0, read back from its log), with job modules that append
+each executed job to a ledger file. The ledger is the proof: after the run, the set of jobs in
+it must be the whole stream (minus the jobs the test expects to be recorded as failed), so no
+job was lost; how many jobs ran more than once (allowed: delivery is at-least-once) is printed
+per test and in a summary at the end (`-s`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import Proc, Procs, free_address, read_ledger
+from procs import ANY_PORT, Proc, Procs, listening_on, read_ledger, wait_for
 from taskmaster.config import RETRY_BACKOFF_BASE_S
 from taskmaster.state import decode_job
 
@@ -62,13 +63,19 @@ def _summary() -> Iterator[None]:
 
 
 class Run:
-    """One run's files and command lines: a state file, a ledger, and one address."""
+    """One run's files and command lines: a state file, a ledger, and one address.
 
-    def __init__(self, procs: Procs, tmp_path: Path, target: str = "ledger_jobs") -> None:
+    The address is the one the first master bound on a port the system picked (port 0), and
+    every later master binds that same address, so that slaves still running rejoin. A test
+    whose slave starts before any master passes an ``ipc://`` address instead.
+    """
+
+    def __init__(self, procs: Procs, tmp_path: Path, target: str = "ledger_jobs",
+                 address: str | None = None) -> None:
         self.procs = procs
         self.tmp = tmp_path
         self.target = target
-        self.address = free_address()
+        self.address = address
         self.state = tmp_path / "run.tmstate"
         self.failures = tmp_path / "run.failures.jsonl"  # the default: beside the state file
         self.ledger = tmp_path / "ledger.txt"
@@ -78,12 +85,18 @@ class Run:
 
     def master(self, *args: str, env: dict[str, str] | None = None,
                stop_wait: str = STOP_WAIT) -> Proc:
-        return self.procs.start(
-            "tm-master", self.target, *args, "--address", self.address,
+        """A master of this run; the first one (with no address given) waits until it listens,
+        to learn the address."""
+        proc = self.procs.start(
+            "tm-master", self.target, *args, "--address", self.address or ANY_PORT,
             "--state-file", str(self.state), "--stop-wait", stop_wait, "--no-progress",
             env=env if env is not None else self.env())
+        if self.address is None:
+            self.address = listening_on(proc)
+        return proc
 
     def slave(self, *args: str, env: dict[str, str] | None = None) -> Proc:
+        assert self.address is not None, "no address yet: start a master or give one to Run"
         return self.procs.start(
             "tm-slave", self.target, "--address", self.address, "--no-progress", *args,
             env=env if env is not None else self.env())
@@ -92,19 +105,10 @@ class Run:
         return [int(line) for line in read_ledger(self.ledger)]
 
     def wait_ledger(self, n: int, timeout: float, *watch: Proc) -> None:
-        """Poll (bounded) until the ledger holds ``n`` distinct jobs; fail early if a watched
-        process exits meanwhile."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(set(self.jobs())) >= n:
-                return
-            for proc in watch:
-                if proc.proc.poll() is not None:
-                    raise AssertionError(f"{proc.argv} exited with {proc.proc.returncode} before "
-                                         f"the ledger reached {n} jobs:\n{proc.output}")
-            time.sleep(0.02)
-        raise AssertionError(f"ledger reached only {len(set(self.jobs()))} of {n} jobs in "
-                             f"{timeout}s:\n" + "\n\n".join(p.output for p in watch))
+        """Wait until the ledger holds ``n`` distinct jobs; fail early if a watched process
+        exits meanwhile."""
+        wait_for(lambda: len(set(self.jobs())) >= n, timeout, f"{n} distinct jobs in the ledger",
+                 *watch)
 
     def failure_records(self, path: Path | None = None) -> list[dict[str, object]]:
         path = path or self.failures
@@ -136,14 +140,9 @@ def count_lines(proc: Proc, pattern: str) -> int:
 
 
 def wait_count(proc: Proc, pattern: str, n: int, timeout: float) -> None:
-    """Wait (bounded) until ``n`` lines of the output match ``pattern``."""
-    deadline = time.monotonic() + timeout
-    while count_lines(proc, pattern) < n:
-        if time.monotonic() > deadline or (proc.proc.poll() is not None
-                                           and count_lines(proc, pattern) < n):
-            raise AssertionError(f"{n} lines matching {pattern!r} not seen within {timeout}s "
-                                 f"from {proc.argv}:\n{proc.output}")
-        time.sleep(0.02)
+    """Wait until ``n`` lines of the output of ``proc`` (which must not exit) match ``pattern``."""
+    wait_for(lambda: count_lines(proc, pattern) >= n, timeout,
+             f"{n} lines matching {pattern!r}", proc)
 
 
 def lines_after(proc: Proc, first: str, pattern: str) -> list[str]:
@@ -208,11 +207,12 @@ def test_master_sigkill_three_times(procs: Procs, tmp_path: Path) -> None:
 
 def test_master_timeout_without_master(procs: Procs, tmp_path: Path) -> None:
     """A slave with --master-timeout 2 and no master gives up with one clear line."""
-    run = Run(procs, tmp_path)
+    run = Run(procs, tmp_path, address=f"ipc://{tmp_path}/master")  # no master, so no port
     slave = run.slave("--master-timeout", "2")
     code, took = exits(slave, 20)
     assert code not in (0, None), slave.output
-    assert re.search(r"no master at tcp://127\.0\.0\.1:\d+ for \d+s; giving up", slave.output)
+    assert re.search(rf"no master at {re.escape(run.address)} for \d+s; giving up",
+                     slave.output), slave.output
     assert "Traceback" not in slave.output
     assert took >= 2.0, f"gave up after {took:.1f}s, not after waiting 2s"
     check_ledger("slave, no master (--master-timeout 2)", run.jobs(), set(),
@@ -332,7 +332,7 @@ def test_slave_signal_takes_no_new_work(procs: Procs, tmp_path: Path) -> None:
     leaving.signal(signal.SIGTERM)
     code, took = exits(leaving, 30)
     master_code = master.wait(60)
-    staying.wait(15)
+    assert staying.wait(15) == 0, staying.output
     rejoined = lines_after(leaving, r"SIGTERM: finishing", r"rejoining")
     taken = lines_after(master, rf"slave {slave_name(leaving)} leaving",
                         rf"slave {slave_name(leaving)} (joined|lost)")
@@ -432,12 +432,8 @@ def test_callback_spins_cpu_past_lease_timeout(procs: Procs, tmp_path: Path) -> 
     env = run.env(SPIN_ON=spin, SPIN_S=2 * float(LEASE_TIMEOUT), SLEEP_S=0.01)
     master = run.master(f"count={n}", "--lease-timeout", LEASE_TIMEOUT)
     slaves = [run.slave("-c", "4", env=env) for _ in range(2)]
-    spinner = None
-    deadline = time.monotonic() + 20
-    while spinner is None:
-        spinner = next((s for s in slaves if count_lines(s, rf"spinning on job {spin}")), None)
-        assert time.monotonic() < deadline, "\n\n".join(s.output for s in slaves)
-        time.sleep(0.02)
+    wait_for(lambda: next((s for s in slaves if count_lines(s, rf"spinning on job {spin}")),
+                          None), 20, f"a slave to spin on job {spin}", master, *slaves)
     started = time.monotonic()
     code, _ = exits(master, 60)
     assert code == 0, master.output
@@ -555,10 +551,8 @@ def test_master_stop_wait_is_bounded(procs: Procs, tmp_path: Path, how: str) -> 
     master = run.master(f"count={n}", stop_wait=str(stop_wait))
     slave = run.slave(env=run.env(SLOW_ON=slow, SLOW_S=60))
     slave.expect(rf"slow job {slow} started", 20)  # its batch stays leased for a minute
-    deadline = time.monotonic() + 10
-    while not run.state.exists():  # a first checkpoint, which a second signal relies on
-        assert time.monotonic() < deadline, master.output
-        time.sleep(0.02)
+    # A first checkpoint, which a second signal relies on.
+    wait_for(run.state.exists, 10, f"a first checkpoint in {run.state}", master, slave)
     master.signal(signal.SIGINT)
     master.expect(r"SIGINT: stopping", 10)
     if how == "second signal":
@@ -584,9 +578,8 @@ def test_two_masters_one_state_file(procs: Procs, tmp_path: Path) -> None:
     """A second master on a state file in use exits 2 naming the holder; the first runs on."""
     n = 200
     run = Run(procs, tmp_path)
-    first = run.master(f"count={n}")
-    first.expect(r"master listening on", 20)
-    second = procs.start("tm-master", "ledger_jobs", f"count={n}", "--address", free_address(),
+    first = run.master(f"count={n}")  # listening: it has taken the state file
+    second = procs.start("tm-master", "ledger_jobs", f"count={n}", "--address", ANY_PORT,
                          "--state-file", str(run.state), "--no-progress", env=run.env())
     code, _ = exits(second, 20)
     assert code == 2, second.output
@@ -617,7 +610,8 @@ def test_retry_failures_round_trip(procs: Procs, tmp_path: Path) -> None:
 
     retry_ledger = tmp_path / "retry-ledger.txt"
     retry = procs.start("tm-master", "--retry-failures", str(run.failures), "ledger_jobs",
-                        "--address", run.address, "--no-progress", env=run.env())
+                        "--address", ANY_PORT, "--no-progress", env=run.env())
+    run.address = listening_on(retry)  # no slave of the first master is left to rejoin
     slave = run.slave(env={"LEDGER": str(retry_ledger)})
     assert retry.wait(40) == 0, retry.output
     assert slave.wait(15) == 0, slave.output
@@ -643,7 +637,8 @@ def test_a_retry_that_fails_again_records_the_original_sequence_numbers(
     again = tmp_path / "again.failures.jsonl"
     retry = procs.start("tm-master", "--retry-failures", str(run.failures), "ledger_jobs",
                         "--failures-file", str(again), "--max-retries", "0", "--address",
-                        run.address, "--no-progress", env=run.env())
+                        ANY_PORT, "--no-progress", env=run.env())
+    run.address = listening_on(retry)  # no slave of the first master is left to rejoin
     slave = run.slave(env=run.env(FAIL_EVERY=every))
     assert retry.wait(40) == 1, retry.output
     assert slave.wait(15) == 0, slave.output

@@ -1,8 +1,9 @@
 """Security: authentication, replay protection, exposure checks, Curve, secrets kept secret.
 
-Process tests run real `tm-master` / `tm-slave` / `tm-run` over ZeroMQ on free loopback ports,
-with the ledger job module (each executed job appended to $LEDGER) as the proof of what ran.
-Rogue peers and a fake master are plain pyzmq sockets in this process, also on loopback only.
+Process tests run real `tm-master` / `tm-slave` / `tm-run` over ZeroMQ on loopback ports the
+masters pick themselves (port 0, read back from their log), with the ledger job module (each
+executed job appended to $LEDGER) as the proof of what ran. Rogue peers and a fake master are
+plain pyzmq sockets in this process, also on loopback only (the fake master on a port it picks).
 The one non-loopback use is the exposure check, which is exercised with a tripwire target
 (its import exits the process at once), so no socket is made even if the check were broken.
 
@@ -35,7 +36,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from master_parts import SLAVE, Parts
 
-from procs import Proc, Procs, free_address, free_port, read_ledger
+from procs import ANY_PORT, Proc, Procs, listening_on, read_ledger, wait_for
 from taskmaster import protocol as p
 from taskmaster.config import MAX_MESSAGE_BYTES, signing_key
 
@@ -63,11 +64,13 @@ def new_secret(tmp_path: Path, name: str) -> tuple[Path, bytes]:
     return path, key
 
 
-def master(procs: Procs, tmp_path: Path, address: str, count: int, *extra: str,
-           state: str = "run") -> Proc:
-    return procs.start("tm-master", "ledger_jobs", f"count={count}", "--address", address,
+def master(procs: Procs, tmp_path: Path, count: int, *extra: str,
+           state: str = "run") -> tuple[Proc, str]:
+    """A master that is listening on a loopback port it picked, and the address it bound."""
+    proc = procs.start("tm-master", "ledger_jobs", f"count={count}", "--address", ANY_PORT,
                        "--no-progress", "--state-file", str(tmp_path / f"{state}.tmstate"),
                        *extra, env=env())
+    return proc, listening_on(proc)
 
 
 def slave(procs: Procs, address: str, ledger: Path, *extra: str, **knobs: str) -> Proc:
@@ -147,30 +150,16 @@ class PickleBomb:
         return (Path.touch, (self.marker,))
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float,
-             between: Callable[[], None] | None = None, step_s: float = 0.05) -> bool:
-    """Poll ``cond`` under a deadline, running ``between`` each round; True once it holds."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() >= deadline:
-            return False
-        if between is not None:
-            between()
-        time.sleep(step_s)
-    return True
-
-
 # -- 1, 2: mismatched secrets -------------------------------------------------------------------
 
 
 def test_wrong_secret_slave_runs_nothing_and_the_run_completes_without_it(
         procs: Procs, tmp_path: Path) -> None:
-    address, count = free_address(), 2000
+    count = 2000
     good, _ = new_secret(tmp_path, "a.secret")
     bad, _ = new_secret(tmp_path, "b.secret")
     bad_ledger, good_ledger = tmp_path / "intruder.ledger", tmp_path / "honest.ledger"
-    m = master(procs, tmp_path, address, count, "--secret-file", str(good))
-    m.expect("listening on")
+    m, address = master(procs, tmp_path, count, "--secret-file", str(good))
     intruder = slave(procs, address, bad_ledger, "--secret-file", str(bad))
     m.expect(DROPPED + r".*signature", timeout=20)
     assert joined(m) == 0 and m.proc.poll() is None
@@ -193,12 +182,10 @@ def test_wrong_secret_slave_runs_nothing_and_the_run_completes_without_it(
 ], ids=["master-signed/slave-not", "master-not/slave-signed"])
 def test_secret_on_one_side_only_runs_nothing(procs: Procs, tmp_path: Path, master_secret: bool,
                                                slave_secret: bool, why: str) -> None:
-    address = free_address()
     secret, _ = new_secret(tmp_path, "run.secret")
     ledger = tmp_path / "ledger"
-    m = master(procs, tmp_path, address, 100,
-               *(["--secret-file", str(secret)] if master_secret else []))
-    m.expect("listening on")
+    m, address = master(procs, tmp_path, 100,
+                        *(["--secret-file", str(secret)] if master_secret else []))
     s = slave(procs, address, ledger, "--master-timeout", "3",
               *(["--secret-file", str(secret)] if slave_secret else []))
     m.expect(DROPPED + ".*" + why, timeout=20)
@@ -216,10 +203,10 @@ FLOOD = 20_000
 
 
 def test_rogue_peer_during_a_signed_run(procs: Procs, tmp_path: Path) -> None:
-    address, count = free_address(), 3500
+    count = 3500
     secret, key = new_secret(tmp_path, "run.secret")
     ledger, marker = tmp_path / "ledger", tmp_path / "UNPICKLED"
-    m = master(procs, tmp_path, address, count, "--secret-file", str(secret))
+    m, address = master(procs, tmp_path, count, "--secret-file", str(secret))
     # 10 greenlets x 40 ms a job: the run lasts at least 14 s, longer than the master's
     # 10 s between two "dropped" log lines, so the second one shows the count.
     s = slave(procs, address, ledger, "--secret-file", str(secret), "--concurrency", "10",
@@ -274,15 +261,15 @@ def test_rogue_peer_during_a_signed_run(procs: Procs, tmp_path: Path) -> None:
             return max(map(int, re.findall(r"\((\d+) dropped so far\)", m.output)), default=0)
 
         def tick() -> None:
-            assert m.proc.poll() is None, f"master exited during the attack:\n{m.output}"
             rogue.send_multipart([b"tick"])
 
         # Every message above is dropped and counted, but for the knock and the one too big
         # for the socket. The master logs drops at most every 10 s: keep dropping (a tick each
-        # round) until it logs a count that covers them all.
+        # round) until it logs a count that covers them all. The master must not exit meanwhile.
         expected = len(attacks) + 3 + FLOOD
-        assert wait_for(lambda: dropped_so_far() >= expected, 25, between=tick, step_s=0.25), \
-            f"the master did not log {expected} drops:\n{m.output}"
+        wait_for(lambda: dropped_so_far() >= expected, 25,
+                 f"the master to log {expected} drops during the attack", m,
+                 between=tick, step_s=0.25)
         assert m.wait(60) == 0, m.output
         assert s.wait(30) == 0, s.output
         # Nothing after the WELCOME reached the rogue: no jobs, no second WELCOME.
@@ -299,10 +286,9 @@ def test_unsigned_loopback_master_survives_a_malformed_ready(procs: Procs,
     """Without a secret (loopback only), any local process can talk to the master: a READY of
     the right shape holding a number JSON allows but int() does not must not bring it down.
     (Every READY here is broken, so the rogues never get credit and never hold a job.)"""
-    address, count = free_address(), 300
+    count = 300
     ledger = tmp_path / "ledger"
-    m = master(procs, tmp_path, address, count)
-    m.expect("listening on")
+    m, address = master(procs, tmp_path, count)
     with zmq_context() as ctx:
         for name, bodies in {
             "rogue-2": [[float("inf"), 1, "rogue", 1], [float("-inf"), 1, "rogue", 1],
@@ -327,10 +313,9 @@ def test_replayed_heartbeat_does_not_keep_a_dead_slave_alive(procs: Procs,
                                                              tmp_path: Path) -> None:
     """A heartbeat captured on the wire, replayed after its slave died (from new connections),
     must not keep that slave's leases alive: the slave is still declared lost."""
-    address = free_address()
     secret, key = new_secret(tmp_path, "run.secret")
-    m = master(procs, tmp_path, address, 100, "--secret-file", str(secret),
-               "--lease-timeout", "2")
+    m, address = master(procs, tmp_path, 100, "--secret-file", str(secret),
+                        "--lease-timeout", "2")
     victim = slave(procs, address, tmp_path / "ledger", "--secret-file", str(secret),
                    "--concurrency", "2", SLEEP_S="60")
     m.expect(r"slave \S+ joined", timeout=20)
@@ -346,17 +331,15 @@ def test_replayed_heartbeat_does_not_keep_a_dead_slave_alive(procs: Procs,
         def replay() -> None:
             dealer(ctx, address, linger_ms=1000).send_multipart(captured)
 
-        lost = wait_for(lambda: re.search(r"slave \S+ lost \(silent", m.output) is not None,
-                        8, between=replay, step_s=0.2)
-        assert lost, f"replayed heartbeats kept the dead slave alive:\n{m.output}"
+        wait_for(lambda: re.search(r"slave \S+ lost \(silent", m.output), 8,
+                 "the dead slave to be lost (replayed heartbeats must not keep it alive)", m,
+                 between=replay, step_s=0.2)
 
 
 # -- the slave's side: a fake master ------------------------------------------------------------
 
 
 def test_slave_rejects_forged_and_replayed_master_messages(procs: Procs, tmp_path: Path) -> None:
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
     secret, key = new_secret(tmp_path, "run.secret")
     ledger, marker = tmp_path / "ledger", tmp_path / "UNPICKLED"
     bomb = PickleBomb(marker)
@@ -364,7 +347,8 @@ def test_slave_rejects_forged_and_replayed_master_messages(procs: Procs, tmp_pat
     with zmq_context() as ctx:
         fake = ctx.socket(zmq.ROUTER)
         fake.setsockopt(zmq.LINGER, 0)
-        fake.bind(address)
+        fake.bind("tcp://127.0.0.1:*")  # a port the system picks, bound before the slave starts
+        address = fake.getsockopt_string(zmq.LAST_ENDPOINT)
         s = slave(procs, address, ledger, "--secret-file", str(secret))
         seen: list[Raw] = []
 
@@ -435,7 +419,7 @@ def test_non_loopback_without_a_secret_is_refused(procs: Procs, tmp_path: Path) 
     tripwire = tmp_path / "tripwire.py"
     tripwire.write_text(TRIPWIRE)
     secret, _ = new_secret(tmp_path, "run.secret")
-    port = str(free_port())
+    port = "3050"  # never bound nor connected to: each command stops before it makes a socket
     refused = {
         "master 0.0.0.0": ("tm-master", "tcp://0.0.0.0:" + port, "bind"),
         "master *": ("tm-master", "tcp://*:" + port, "bind"),
@@ -505,10 +489,10 @@ def test_slave_without_the_curve_keys_runs_nothing(procs: Procs, tmp_path: Path)
     keygen(keys)
     keygen(other_keys)
     secret, _ = new_secret(tmp_path, "run.secret")
-    address, count = free_address(), 500
-    m = master(procs, tmp_path, address, count, "--secret-file", str(secret),
-               "--curve", str(keys))
-    m.expect("listening on .*Curve-encrypted")
+    count = 500
+    m, address = master(procs, tmp_path, count, "--secret-file", str(secret),
+                        "--curve", str(keys))
+    m.expect("listening on .*Curve-encrypted", timeout=1)
     plain = slave(procs, address, tmp_path / "plain.ledger", "--secret-file", str(secret),
                   "--master-timeout", "3")
     stranger = slave(procs, address, tmp_path / "stranger.ledger", "--secret-file", str(secret),
@@ -602,7 +586,9 @@ def test_too_short_or_unreadable_secret_is_refused(procs: Procs, tmp_path: Path)
     short_file.write_text(short + "\n")  # whitespace does not count
     just_right = tmp_path / "ok.secret"
     just_right.write_text("exactly-16-bytes\n")
-    address = free_address()
+    # Nothing gets as far as a socket (the tripwire target exits first); were one made, no
+    # port is involved.
+    address = f"ipc://{tmp_path}/master"
     common = ["--address", address, "--no-progress"]
     cases = {
         "master env": ("tm-master", [], {"TASKMASTER_SECRET": short}, 2),

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from procs import Proc, Procs
+from procs import ANY_PORT, Procs, listening_on, wait_for
 
 START_S = 20.0
 
@@ -28,17 +28,6 @@ def times(path: Path) -> dict[int, float]:
     return out
 
 
-def wait_until(check, timeout: float, what: str, *alive: Proc) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        gone = [p for p in alive if p.proc.poll() is not None]
-        if gone or time.monotonic() > deadline:
-            outputs = "\n\n".join(f"{p.argv}:\n{p.output}" for p in alive)
-            raise AssertionError(f"waiting for {what}: "
-                                 f"{'a process exited' if gone else 'timed out'}\n{outputs}")
-        time.sleep(0.01)
-
-
 def test_a_stream_blocking_in_c_stalls_nothing(procs: Procs, tmp_path: Path) -> None:
     """get_jobs blocks 5 s in C before each job, with --lease-timeout 3: the master keeps
     answering heartbeats (no slave is lost), and SIGTERM in the middle of a block stops it
@@ -47,14 +36,14 @@ def test_a_stream_blocking_in_c_stalls_nothing(procs: Procs, tmp_path: Path) -> 
     env = {"YIELDS": str(yields), "LEDGER": str(ledger), "GAP_S": "5"}
     args = ["stream_jobs", "count=3", "--state-file", str(state), "--lease-timeout", "3",
             "--no-progress"]
-    master = procs.start("tm-master", *args, "--address", "tcp://127.0.0.1:0", env=env)
-    address = master.expect(r"master listening on (\S+)", START_S).group(1)
+    master = procs.start("tm-master", *args, "--address", ANY_PORT, env=env)
+    address = listening_on(master, START_S)
     slave = procs.start("tm-slave", "stream_jobs", "--address", address, "--no-progress",
                         env=env)
     master.expect(r"slave \S+ joined", START_S)
     # Jobs 0 and 1 each came after a 5 s block: 10 s of a blocked stream, over three times the
     # lease timeout, with a slave that has nothing to do.
-    wait_until(lambda: 1 in times(ledger), 30, "job 1 to run", master, slave)
+    wait_for(lambda: 1 in times(ledger), 30, "job 1 to run", master, slave)
     assert not re.search(r"lost|rejoin", master.output + slave.output), (
         f"a blocked stream cost a slave:\n{master.output}\n{slave.output}")
 
