@@ -6,13 +6,13 @@ meanwhile (serving slaves, their liveness, signals, checkpoints), so it is calle
 here, in a real thread, and the master only takes what the thread has pulled.
 
 The hand-off is bounded: the master says how much room its buffer has (`allow`), and the thread
-never pulls beyond it. The thread pulls in C-level steps (``deque.extend(islice(...))``), with
+never pulls beyond it. The thread pulls in C-level steps (``list.extend(islice(...))``), with
 no Python of ours per job, doubling from one job to `FEED_STEP_MAX_JOBS` through a turn, and
-hands over what a turn gathered every `FEED_TURN_S`: a fast stream goes over in chunks of
-thousands. A step may block inside the stream with jobs already
-pulled (a burst, then a wait for the next due time): so when a turn lasts longer than that,
-the master takes those jobs itself from the turn's deque, one by one (``deque`` appends and
-pops are thread-safe), and a slow stream's jobs go out as they are yielded.
+hands over the list a turn gathered every `FEED_TURN_S`: a fast stream goes over in chunks of
+thousands, with no copy. A step may block inside the stream with jobs already pulled (a burst,
+then a wait for the next due time): so when a turn lasts longer than that, the master copies
+out what the turn's list holds so far (the thread only ever appends to it, and both hold the
+GIL for each append and each copy), and a slow stream's jobs go out as they are yielded.
 """
 
 from __future__ import annotations
@@ -155,16 +155,14 @@ class Feeder:
         while True:
             self._arrived.clear()
             with self._mutex:
-                chunks = [self._chunk(list(turn.jobs), turn.ended, turn.error)
+                chunks = [self._chunk(turn.rest(over=True), turn.ended, turn.error)
                           for turn in self._ready]
                 self._ready.clear()
                 turn = self._turn
                 if not chunks and turn is not None and turn.overdue():
-                    n = len(turn.jobs)
-                    if n:
-                        turn.taken += n
-                        chunks = [self._chunk(list(itertools.islice(
-                            iter(turn.jobs.popleft, _NOTHING), n)), False, None)]
+                    jobs = turn.rest(over=False)
+                    if jobs:
+                        chunks = [self._chunk(jobs, False, None)]
                 self._taken += sum(len(c.jobs) for c in chunks)
                 # Unless the thread waits for room (and so pulls nothing), look again soon:
                 # a turn it starts meanwhile may block with jobs in it, and say nothing.
@@ -287,18 +285,16 @@ class Feeder:
         while pulled < room and not self._closed:
             want = min(step, room - pulled)
             step = min(2 * step, FEED_STEP_MAX_JOBS)
-            with self._mutex:
-                before = len(turn.jobs) + turn.taken
+            before = len(turn.jobs)
             try:
-                # Appended one by one, in C: the master may take them while a step waits
+                # Appended one by one, in C: the master may copy them out while a step waits
                 # inside the stream. (And nothing is lost if the stream raises midway.)
                 turn.jobs.extend(itertools.islice(self._iterator, want))
             except TaskmasterError as e:
                 ended, error = True, e
             except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
                 ended, error = True, _user_error(e)
-            with self._mutex:
-                got = len(turn.jobs) + turn.taken - before
+            got = len(turn.jobs) - before
             pulled += got
             if ended or got < want:
                 ended = True
@@ -329,14 +325,20 @@ class _Turn:
     __slots__ = ("began", "ended", "error", "jobs", "taken")
 
     def __init__(self) -> None:
-        self.jobs: deque[Any] = deque()
+        self.jobs: list[Any] = []
         self.began = time.perf_counter()
-        self.taken = 0  # jobs the master took while the turn went on
+        self.taken = 0  # how many of `jobs` the master has taken (under the feeder's mutex)
         self.ended = False
         self.error: TaskmasterError | None = None
 
     def overdue(self) -> bool:
         return time.perf_counter() - self.began >= FEED_TURN_S
+
+    def rest(self, *, over: bool) -> list[Any]:
+        """The jobs not taken yet, now taken: the list itself when the turn is ``over`` and
+        none was (the common case, and no copy); else a copy, for the thread appends on."""
+        taken, self.taken = self.taken, len(self.jobs)
+        return self.jobs if over and not taken else self.jobs[taken:self.taken]
 
 
 def _check_first(job: Any, expect: Any) -> None:
