@@ -141,6 +141,22 @@ def test_master_and_slave_run_the_whole_stream(procs: Procs, tmp_path: Path) -> 
     assert twice(jobs) == 0
 
 
+def test_a_slave_shows_its_progress_unless_told_not_to(procs: Procs, tmp_path: Path) -> None:
+    """tm-slave logs what it has done every few seconds; --no-progress silences that (it once
+    did nothing at all)."""
+    ledger, env = ledger_env(tmp_path, SLEEP_S="0.01")
+    # 2 slaves x 10 greenlets x 10 ms a job: about 7 s of work, past the log interval.
+    master, address = start_master(procs, "ledger_jobs", "count=14000", env=env)
+    chatty = procs.start("tm-slave", "ledger_jobs", "--address", address, env=env)
+    quiet = procs.start("tm-slave", "ledger_jobs", "--address", address, NO_PROGRESS, env=env)
+    assert master.wait(RUN_S) == 0, master.output
+    assert chatty.wait(RUN_S) == 0 and quiet.wait(RUN_S) == 0
+    assert count_lines(chatty, r"\d+ jobs done \(\d+ failed attempts\), \d+ held") >= 1, (
+        chatty.output)
+    assert count_lines(quiet, r"jobs done") == 0, quiet.output
+    assert set(ledger_ints(ledger)) == set(range(14000))
+
+
 # -- 2. target forms ----------------------------------------------------------------------------
 
 
