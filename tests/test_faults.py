@@ -592,12 +592,10 @@ def test_two_masters_one_state_file(procs: Procs, tmp_path: Path) -> None:
                  note="second exited 2 naming the first's pid")
 
 
-def test_retry_failures_round_trip(procs: Procs, tmp_path: Path) -> None:
-    """A run with failures exits 1; --retry-failures with the cause fixed runs exactly the
-    recorded jobs again and exits 0; together the ledgers hold every job."""
-    n, every = 100, 7
+def run_with_failures(run: Run, n: int, every: int) -> set[int]:
+    """A run of ``n`` jobs in which every ``every``-th fails for good at once: it exits 1 and
+    records exactly those. Returns them."""
     failing = set(range(0, n, every))
-    run = Run(procs, tmp_path)
     master = run.master(f"count={n}", "--max-retries", "0")
     slave = run.slave(env=run.env(FAIL_EVERY=every))
     assert master.wait(40) == 1, master.output
@@ -605,6 +603,15 @@ def test_retry_failures_round_trip(procs: Procs, tmp_path: Path) -> None:
     records = run.failure_records()
     assert sorted(r["seq"] for r in records) == sorted(failing)
     assert all(r["attempts"] == 1 for r in records), records
+    return failing
+
+
+def test_retry_failures_round_trip(procs: Procs, tmp_path: Path) -> None:
+    """A run with failures exits 1; --retry-failures with the cause fixed runs exactly the
+    recorded jobs again and exits 0; together the ledgers hold every job."""
+    n = 100
+    run = Run(procs, tmp_path)
+    failing = run_with_failures(run, n, every=7)
     first_ledger = run.jobs()
     assert set(first_ledger) == set(range(n)) - failing
 
@@ -626,13 +633,8 @@ def test_a_retry_that_fails_again_records_the_original_sequence_numbers(
     """--retry-failures streams the file, and a job that fails again is recorded under the
     number it had in the run it came from, not under its place in the file."""
     n, every = 60, 7
-    failing = set(range(0, n, every))
     run = Run(procs, tmp_path)
-    master = run.master(f"count={n}", "--max-retries", "0")
-    slave = run.slave(env=run.env(FAIL_EVERY=every))
-    assert master.wait(40) == 1, master.output
-    assert slave.wait(15) == 0, slave.output
-    assert sorted(r["seq"] for r in run.failure_records()) == sorted(failing)
+    failing = run_with_failures(run, n, every)
 
     again = tmp_path / "again.failures.jsonl"
     retry = procs.start("tm-master", "--retry-failures", str(run.failures), "ledger_jobs",
