@@ -47,6 +47,12 @@ chunks of thousands when the stream is fast, short enough that a slow stream's j
 as they come."""
 FEED_STEP_MAX_JOBS = 4096
 """Most jobs the feeder pulls in one C-level step (see feeder.py)."""
+FEED_SKIP_STEP_JOBS = 100_000
+"""Jobs skipped in one step when a stream is resumed by position: between two steps, the
+feeder sees that it should stop."""
+FEED_POLL_MAX_S = 0.2
+"""Longest the master waits between two looks at a turn of the feeder that is blocked in the
+stream (from FEED_TURN_S, doubling while there is nothing new)."""
 DONE_LINGER_S = 2.0
 """After the run, how long the master waits for slaves to acknowledge DONE."""
 DROP_LOG_INTERVAL_S = 10.0

@@ -10,7 +10,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 """The run finished with recorded failures, or a runtime error stopped it."""
 EXIT_USAGE = 2
-"""Bad command line, bad target, unusable state file: nothing was run."""
+"""Bad command line, bad target, unusable state or failures file, another run's state file."""
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 

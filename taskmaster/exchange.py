@@ -80,7 +80,7 @@ class Exchange:
                         sender[:40], why, self.dropped)
 
     def _on_heartbeat(self, sender: bytes, msg: p.Heartbeat, current: bool, now: float) -> None:
-        ident = self.registry.speaks_for(sender, msg.slave)
+        ident = self.registry.speaks_for(sender, msg.slave, msg.beat)
         if ident is None:
             self.drop(sender, "heartbeat names another slave")
             return

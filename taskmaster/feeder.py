@@ -21,6 +21,7 @@ import inspect
 import itertools
 import logging
 import operator
+import pickle
 import time
 import traceback
 from collections import deque
@@ -34,7 +35,7 @@ import gevent.event
 from gevent import monkey
 
 from . import sized
-from .config import FEED_STEP_MAX_JOBS, FEED_TURN_S
+from .config import FEED_POLL_MAX_S, FEED_SKIP_STEP_JOBS, FEED_STEP_MAX_JOBS, FEED_TURN_S
 from .errors import ConfigError, InternalError, TaskmasterError, UserCodeError
 from .state import count_failures, read_failures, safe_repr
 
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 _start_thread = monkey.get_original("_thread", "start_new_thread")
 _NOTHING = object()
+_PICKLE = pickle.HIGHEST_PROTOCOL
+_DEFAULT_EQ = object.__eq__
 
 
 @dataclass(slots=True)
@@ -59,6 +62,16 @@ class Chunk:
     error: TaskmasterError | None = None
 
 
+def takes_last(get_jobs: Callable[..., Any]) -> bool:
+    """Whether ``get_jobs`` can be told where to resume (a ``last`` parameter, or ``**kw``);
+    a stream that cannot is resumed by position instead."""
+    try:
+        params = inspect.signature(get_jobs).parameters.values()
+    except (TypeError, ValueError):
+        return True  # no signature to read (a builtin): the call itself will tell
+    return any(p.name == "last" or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def opener(get_jobs: Callable[..., Any], kwargs: dict[str, str], *,
            last: Any = _NOTHING) -> Callable[[], Iterable[Any]]:
     """How to open the job stream: ``get_jobs(**kwargs)``, with ``last`` when resuming. Its
@@ -69,8 +82,7 @@ def opener(get_jobs: Callable[..., Any], kwargs: dict[str, str], *,
     if last is not _NOTHING:
         call_kwargs["last"] = last
     try:
-        # `last` is checked on a fresh run too: better now than at the first resume.
-        inspect.signature(get_jobs).bind(**{"last": None, **call_kwargs})
+        inspect.signature(get_jobs).bind(**call_kwargs)
     except TypeError as e:
         raise ConfigError(f"get_jobs cannot take these arguments: {e}; "
                           "check the KEY=VALUE pairs and get_jobs' parameters") from None
@@ -93,10 +105,13 @@ def feeder_for(get_jobs: Callable[..., Any], cfg: MasterConfig, cp: Checkpoint |
                  f", from record #{resume}" if resume else "")
         # A file of records is resumed by position: the records before it are settled.
         return Feeder(lambda: recorded_jobs(path), skip=resume, pairs=True)
-    if cp is not None and cp.has_last:
+    if cp is not None and cp.has_last and takes_last(get_jobs):
         return Feeder(opener(get_jobs, cfg.kwargs, last=cp.last_job), first=cp.last_seq,
                       skip=resume - cp.last_seq, expect=cp.last_job)
-    return Feeder(opener(get_jobs, cfg.kwargs))
+    if resume:
+        log.info("get_jobs takes no `last`: resuming by position, skipping the %d jobs "
+                 "before job #%d", resume, resume)
+    return Feeder(opener(get_jobs, cfg.kwargs), skip=resume)
 
 
 class Feeder:
@@ -152,6 +167,7 @@ class Feeder:
         """The jobs pulled since the last call, in chunks; waits (this greenlet only) for
         some. A turn of the thread that has lasted over `FEED_TURN_S` is taken from as it
         goes; otherwise the master waits for the thread to hand a turn over."""
+        poll_s = FEED_TURN_S
         while True:
             self._arrived.clear()
             with self._mutex:
@@ -169,7 +185,10 @@ class Feeder:
                 polling = not self._sleeping
             if chunks:
                 return chunks
-            self._arrived.wait(FEED_TURN_S if polling else None)
+            # Looking costs the hub a wake-up: a stream that stays blocked is looked at less
+            # and less often, up to FEED_POLL_MAX_S (what its next job may wait for).
+            self._arrived.wait(poll_s if polling else None)
+            poll_s = min(2 * poll_s, FEED_POLL_MAX_S)
 
     def close(self) -> None:
         """Stop pulling. A thread blocked inside the stream stays so until it returns, then
@@ -214,7 +233,7 @@ class Feeder:
             stream = self._open()
         except TaskmasterError as e:  # ours: a failures file that cannot be read, say
             return e
-        except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's, reported in full
             return _user_error(e)
         try:
             self._iterator = iter(stream)
@@ -240,21 +259,26 @@ class Feeder:
             first: Any = next(self._iterator, _NOTHING)
             if first is _NOTHING:
                 return None
-            if expect is not _NOTHING:
-                _check_first(first[1] if self._pairs else first, expect)
+            if expect is not _NOTHING and not _same_job(first[1] if self._pairs else first,
+                                                         expect):
+                # Not the job it was given: it may be the next one (a stream that resumes
+                # after `last`, not from it), so it runs, rather than be lost. At worst a job
+                # runs again.
+                self._pending = first
+                return None
             if not skip:
                 self._pending = first
                 return None
             left = skip - 1
             while left > 0 and not self._closed:
-                step = min(left, 100_000)
+                step = min(left, FEED_SKIP_STEP_JOBS)
                 skipped = sum(1 for _ in itertools.islice(self._iterator, step))
                 left -= skipped
                 if skipped < step:
                     break
         except TaskmasterError as e:
             return e
-        except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's, reported in full
             return _user_error(e)
         return None
 
@@ -292,7 +316,7 @@ class Feeder:
                 turn.jobs.extend(itertools.islice(self._iterator, want))
             except TaskmasterError as e:
                 ended, error = True, e
-            except Exception as e:  # noqa: BLE001 - the user's exception, reported in full
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's, reported in full
                 ended, error = True, _user_error(e)
             got = len(turn.jobs) - before
             pulled += got
@@ -341,16 +365,24 @@ class _Turn:
         return self.jobs if over and not taken else self.jobs[taken:self.taken]
 
 
-def _check_first(job: Any, expect: Any) -> None:
+def _same_job(job: Any, expect: Any) -> bool:
+    """Whether the stream began with the job it was told to begin with; warns when not. A job
+    that does not define equality is compared by its pickle (it was unpickled from the state
+    file, so it is never the same object)."""
     try:
-        same = bool(job == expect)
-    except Exception:  # noqa: BLE001 - a job whose __eq__ fails cannot be compared
-        same = True
+        if getattr(type(job), "__eq__", None) is _DEFAULT_EQ:
+            same = pickle.dumps(job, _PICKLE) == pickle.dumps(expect, _PICKLE)
+        else:
+            same = bool(job == expect)
+    except Exception:  # noqa: BLE001 - a job that cannot be compared: take it as the one
+        return True
     if not same:
         log.warning("get_jobs(last=%s) began with %s: it should yield from `last` on, "
-                    "inclusive (for i in range(last, N)); otherwise jobs are skipped or run "
-                    "again", safe_repr(expect, 80), safe_repr(job, 80))
+                    "inclusive (for i in range(last, N)); that job is run, but if jobs are "
+                    "missing or repeated, get_jobs does not resume where it is told to",
+                    safe_repr(expect, 80), safe_repr(job, 80))
+    return same
 
 
-def _user_error(e: Exception) -> UserCodeError:
+def _user_error(e: BaseException) -> UserCodeError:
     return UserCodeError(f"get_jobs raised {type(e).__name__}: {e}", traceback.format_exc())

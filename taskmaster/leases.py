@@ -140,8 +140,8 @@ class LeaseTable:
 
 
 class Comebacks:
-    """Jobs that go out again: handed back (first), orphaned by a dead slave (one suspect at a
-    time per slave), and retries (once their backoff is over)."""
+    """Jobs that go out again, before any fresh job: retries once their backoff is over,
+    orphans of a dead slave (one suspect at a time per slave), and batches handed back."""
 
     def __init__(self) -> None:
         self.ready: deque[Batch] = deque()

@@ -181,8 +181,8 @@ class Ledger:
         return final
 
     def hand_back(self, slave: bytes, bids: tuple[int, ...] | list[int]) -> int:
-        """A slave returns batches it never started (or never got): they go out again first.
-        Returns the number of jobs handed back."""
+        """A slave returns batches it never started (or never got): they go out again before
+        any fresh job. Returns the number of jobs handed back."""
         jobs = 0
         for bid in bids:
             batch = self._leases.get(bid, slave)
@@ -239,10 +239,6 @@ class Ledger:
     def held_by(self, slave: bytes) -> int:
         """Jobs leased to ``slave`` now."""
         return self._leases.held_by(slave)
-
-    @property
-    def retrying(self) -> int:
-        return len(self._again.retrying)
 
     def has_work(self) -> bool:
         """Something could be handed out right now or after a retry's backoff."""

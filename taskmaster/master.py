@@ -128,11 +128,12 @@ class Master:
             gevent.wait([self._end, self.signals.arrived], count=1)
             self._end.set()
             self.handout.closed = True
-            if self.signals.requested is not None or self._error is not None:
-                self._drain()
+            # After a bug of ours, no wait for leases (the greenlet reading acknowledgements
+            # may be the one that died) and no checkpoint (the ledger may be wrong): the last
+            # periodic one is the safe one.
             if not isinstance(self._error, InternalError):
-                # After an internal error the ledger may be wrong: the last periodic
-                # checkpoint is the safe one.
+                if self.signals.requested is not None or self._error is not None:
+                    self._drain()
                 self.checkpointer.save(self.ledger, force=True)
         self.progress.close()
         outcome = Outcome(*self._totals(), signal=self.signals.requested, error=self._error)
@@ -244,8 +245,7 @@ class Master:
 
     def _crashed(self, greenlet: gevent.Greenlet) -> None:
         log.critical("internal error in %s", greenlet, exc_info=greenlet.exc_info)
-        self._error = InternalError(f"internal error: {greenlet.exception!r}")
-        self._end.set()
+        self.stop(InternalError(f"internal error: {greenlet.exception!r}"))
 
     def _leave_now(self, signum: int) -> None:
         # A second signal: the state file already holds a safe resume point.

@@ -112,24 +112,29 @@ class Ack:
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     """Slave to master, every second from a thread of its own (and as a knock before it is
-    welcomed). It names its slave because it comes from a second socket; ``nonce`` is what a
-    WELCOME must echo. ``held`` and ``started`` are the batch ids the slave holds and has
-    begun, or None in a knock."""
+    welcomed). It names its slave because it comes from a second socket, and says which
+    (``beat``: the heartbeat thread's), so that one captured from either cannot be replayed as
+    from the other; ``nonce`` is what a WELCOME must echo. ``held`` and ``started`` are the
+    batch ids the slave holds and has begun, or None in a knock."""
 
     KIND: ClassVar[bytes] = HEARTBEAT
     slave: str
     nonce: str
     held: frozenset[int] | None = None
     started: frozenset[int] | None = None
+    beat: bool = False
 
     def body(self) -> Any:
-        return [self.slave, self.nonce, _as_list(self.held), _as_list(self.started)]
+        return [self.slave, self.nonce, _as_list(self.held), _as_list(self.started),
+                self.beat]
 
     @classmethod
     def parse(cls, body: Any) -> Heartbeat:
-        slave, nonce, held, started = _fields(body, 4, "HB")
+        slave, nonce, held, started, beat = _fields(body, 5, "HB")
+        if type(beat) is not bool:
+            raise ProtocolError("HB: expected a flag")
         return cls(_text(slave, MAX_NAME_CHARS), _text(nonce, MAX_NAME_CHARS), _ids(held),
-                   _ids(started))
+                   _ids(started), beat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +258,12 @@ def _count(value: Any) -> int:
 def _text(value: Any, most_chars: int) -> str:
     if type(value) is not str:
         raise ProtocolError(f"expected text, got {type(value).__name__}")
+    try:
+        # JSON can carry a lone surrogate, which no encoding of ours would take later. (A
+        # slave's name from a host that is not UTF-8 arrives surrogate-escaped: that is fine.)
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ProtocolError("text that cannot be encoded (a lone surrogate)") from None
     return value[:most_chars]
 
 

@@ -70,19 +70,22 @@ class Registry:
         return True
 
     @staticmethod
-    def speaks_for(sender: bytes, slave: str) -> bytes | None:
+    def speaks_for(sender: bytes, slave: str, beat: bool) -> bytes | None:
         """The identity a heartbeat names, if its sender may speak for it: only the slave's
-        own two sockets may. (The MAC does not cover the connection's identity, which a peer
-        picks itself; a replayed heartbeat could otherwise keep a dead slave's leases.)"""
+        own socket of the kind the heartbeat says (``beat``: its heartbeat thread's). The MAC
+        does not cover the connection's identity, which a peer picks itself, and each socket
+        has counters of its own: a heartbeat replayed from another socket could otherwise keep
+        a dead slave's leases alive."""
         ident = slave.encode("utf-8", "surrogateescape")
-        return ident if sender in (ident, ident + HEARTBEAT_SUFFIX) else None
+        return ident if sender == (ident + HEARTBEAT_SUFFIX if beat else ident) else None
 
     def offer(self, ident: bytes, now: float) -> int | None:
         """The session to offer a knocking stranger, or None when it was offered one just now
         (knocks are not answered more often than `WELCOME_REPEAT_S`)."""
-        session, sent = self._offers.get(ident, (next(self._sessions), float("-inf")))
-        if now - sent < WELCOME_REPEAT_S:
+        offered = self._offers.get(ident)
+        if offered is not None and now - offered[1] < WELCOME_REPEAT_S:
             return None
+        session = offered[0] if offered is not None else next(self._sessions)
         if len(self._offers) > MAX_TRACKED_SENDERS:
             self._offers.clear()
         self._offers[ident] = (session, now)

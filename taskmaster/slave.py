@@ -234,10 +234,10 @@ class Slave:
         self.sock.send(self.seal(message))
 
     def _knock(self, held: frozenset[int] | None = None,
-               started: frozenset[int] | None = None) -> p.Heartbeat:
+               started: frozenset[int] | None = None, beat: bool = False) -> p.Heartbeat:
         return p.Heartbeat(self.ident.decode("utf-8", "surrogateescape"), self.nonce, held,
-                           started)
+                           started, beat)
 
     def _heartbeat_frames(self) -> list[bytes]:
         # Runs on the heartbeat thread: reads attributes, and advances only its own counter.
-        return self._beat_seal(self._knock(*self.holdings.snapshot()))
+        return self._beat_seal(self._knock(*self.holdings.snapshot(), beat=True))

@@ -10,6 +10,7 @@ import os
 import pickle
 import socket
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -97,9 +98,6 @@ class StateFile:
         self.path = path
         self._lock_path = path.with_name(path.name + ".lock")
         self._lock_fd: int | None = None
-        # A process forked while we hold the lock must not hold it too (a lock held by a
-        # slave would outlive its master): the child closes its copy of the descriptor.
-        os.register_at_fork(after_in_child=self._forget_lock)
 
     def __enter__(self) -> StateFile:
         self.lock()
@@ -128,17 +126,14 @@ class StateFile:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._lock_fd = fd
+        _LOCKED.add(self)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
             # The lock file stays: unlinking it would race with a master taking it right now.
             os.close(self._lock_fd)
             self._lock_fd = None
-
-    def _forget_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            _LOCKED.discard(self)
 
     def load(self) -> Checkpoint | None:
         """The last checkpoint, None when there is none; StateError when it is unreadable."""
@@ -176,6 +171,23 @@ class StateFile:
     def remove(self) -> None:
         """Forget the run (for --reset)."""
         self.path.unlink(missing_ok=True)
+
+
+_LOCKED: weakref.WeakSet[StateFile] = weakref.WeakSet()
+"""State files this process holds locked."""
+
+
+def _close_locks_in_child() -> None:
+    # A process forked while we hold a lock must not hold it too (a lock held by a slave
+    # would outlive its master): the child closes its copies of the descriptors.
+    for state in list(_LOCKED):
+        if state._lock_fd is not None:
+            os.close(state._lock_fd)
+            state._lock_fd = None
+    _LOCKED.clear()
+
+
+os.register_at_fork(after_in_child=_close_locks_in_child)
 
 
 def _parse(data: dict[str, Any]) -> Checkpoint:

@@ -18,7 +18,7 @@ import zmq
 import zmq.green as gzmq
 
 from .config import MAX_MESSAGE_BYTES, MESSAGE_SLACK_BYTES, RECONNECT_FIRST_MS, RECONNECT_MAX_MS
-from .errors import TransportError
+from .errors import InternalError, TransportError
 from .protocol import HEARTBEAT_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class SlaveSocket:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._inbox: gevent.queue.Queue[list[bytes] | None] = gevent.queue.Queue()
         self._receiver: gevent.Greenlet | None = None
+        self._failure: InternalError | None = None
         if curve is not None:
             curve.apply(self._sock, server=False)
         self._sock.setsockopt(zmq.IDENTITY, identity)
@@ -117,18 +118,22 @@ class SlaveSocket:
         if self._receiver is None:
             self._receiver = gevent.spawn(self._receive)
         try:
-            return self._inbox.get(timeout=timeout_s)
+            frames = self._inbox.get(timeout=timeout_s)
         except gevent.queue.Empty:
             return None
+        if self._failure is not None:
+            raise self._failure
+        return frames
 
     def _receive(self) -> None:
         try:
             while True:
                 self._inbox.put(self._sock.recv_multipart())
         except zmq.ZMQError as e:
-            # Not silently: the slave would wait for messages that can never come.
-            log.critical("cannot receive from the master: %s", e.strerror)
-            raise
+            # Not silently: the slave would wait, heartbeating, for messages that can never
+            # come, while its master leased it work.
+            self._failure = InternalError(f"cannot receive from the master: {e.strerror}")
+            self._inbox.put(None)
 
     def pending(self) -> list[list[bytes]]:
         """The messages that have arrived, in order, without waiting for any."""

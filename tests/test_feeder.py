@@ -565,14 +565,24 @@ def test_unknown_arguments_are_a_config_error_before_any_thread(tmp_path: Path) 
     with pytest.raises(ConfigError, match="bogus"):
         feeder_for(get_jobs, master_config(tmp_path, kwargs={"count": "3", "bogus": "1"}), None)
 
-    def get_jobs_without_last(count: str) -> Iterator[int]:
-        calls.append(count)
-        yield from range(int(count))
-
-    # `last` is checked on a fresh run too, not at the first resume.
-    with pytest.raises(ConfigError, match="last"):
-        opener(get_jobs_without_last, {"count": "3"})
     assert calls == []  # nothing was called: the check is of the signature
+
+
+def test_a_stream_without_last_is_resumed_by_position(feeders: Feeders, tmp_path: Path) -> None:
+    calls: list[Any] = []
+
+    def get_jobs(count: str) -> Iterator[str]:
+        calls.append(count)
+        yield from (f"job-{i}" for i in range(int(count)))
+
+    cp = Checkpoint(resume_seq=7, last_seq=6, last_job="job-6", has_last=True)
+    feeder = feeders.add(feeder_for(get_jobs, master_config(tmp_path, kwargs={"count": "10"}),
+                                    cp))
+    feeder.allow(100)
+    feeder.start()
+    chunks = take_all(feeder)
+    assert calls == ["10"]  # called without `last`, which it has no parameter for
+    assert jobs_of(chunks) == ["job-7", "job-8", "job-9"]  # the 7 before are skipped
 
 
 # -- get_jobs runs in the feeder's thread --------------------------------------------------------
@@ -668,9 +678,9 @@ def test_a_stream_that_does_not_begin_with_last_is_warned_about(
     feeder.start()
     chunks = take_all(feeder)
     assert calls == ["job-4"]
-    # The stream is taken as it comes: the first job is skipped when the run resumes after
-    # `last`, whatever that first job is.
-    assert jobs_of(chunks) == [f"job-{i}" for i in range(resume_seq - 4, 10)]
+    # The stream is taken as it comes: a first job that is not `last` is never skipped, even
+    # when the run resumes after `last` (it may be the next job: it once was lost).
+    assert jobs_of(chunks) == [f"job-{i}" for i in range(10)]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "get_jobs(last='job-4') began with 'job-0'" in warnings[0]
@@ -795,3 +805,27 @@ def test_close_while_blocked_in_the_stream_hands_over_nothing_more(feeders: Feed
                "the thread leaves once the stream returns", timeout=2)
     assert stream.pulled <= 1, f"pulled {stream.pulled} jobs after close"
     assert take_within(feeder, 4 * FEED_TURN_S) is None, "a chunk was handed over after close"
+
+
+class _Plain:
+    """A job type that does not define equality (a plain class, as users write them)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def test_a_job_without_equality_is_compared_by_its_pickle(
+        feeders: Feeders, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`last` comes back from the state file as another object: compared by identity, every
+    resume would warn, and a resume after `last` would never skip it."""
+    caplog.set_level(logging.WARNING, logger="taskmaster.feeder")
+
+    def get_jobs(last: _Plain | None = None) -> Iterator[_Plain]:
+        yield from (_Plain(i) for i in range(last.n if last else 0, 6))
+
+    cp = Checkpoint(resume_seq=4, last_seq=3, last_job=_Plain(3), has_last=True)
+    feeder = feeders.add(feeder_for(get_jobs, master_config(tmp_path), cp))
+    feeder.allow(100)
+    feeder.start()
+    assert [job.n for job in jobs_of(take_all(feeder))] == [4, 5]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -110,7 +110,8 @@ def deliver(parts: Parts, sender: bytes, message: p.Message, now: float, *,
 def knock(parts: Parts, ident: bytes, now: float, *, nonce: str = "knock-nonce",
           sender: bytes | None = None) -> list[tuple[bytes, p.Message]]:
     """A knock (a heartbeat of no epoch, holding nothing) naming ``ident``."""
-    return deliver(parts, sender or ident, p.Heartbeat(ident.decode(), nonce), now,
+    beat = sender is not None and sender.endswith(HEARTBEAT_SUFFIX)
+    return deliver(parts, sender or ident, p.Heartbeat(ident.decode(), nonce, beat=beat), now,
                    epoch=p.NO_EPOCH)
 
 
@@ -136,10 +137,11 @@ def jobs_to(answer: list[tuple[bytes, p.Message]], ident: bytes) -> list[p.Jobs]
     return [m for to, m in answer if to == ident and isinstance(m, p.Jobs)]
 
 
-def heartbeat(ident: bytes, held: set[int] | None,
-              started: set[int] | None = None) -> p.Heartbeat:
+def heartbeat(ident: bytes, held: set[int] | None, started: set[int] | None = None,
+              beat: bool = False) -> p.Heartbeat:
+    """A heartbeat naming ``ident``; ``beat``: as sent by its heartbeat thread's socket."""
     return p.Heartbeat(ident.decode(), "beat", None if held is None else frozenset(held),
-                       None if started is None else frozenset(started))
+                       None if started is None else frozenset(started), beat)
 
 
 def ack(*batches: p.BatchDone, window: int) -> p.Ack:
@@ -230,29 +232,34 @@ def test_counters_only_grow_for_each_sender_independently() -> None:
     assert r.fresh(OTHER, 2)
 
 
-@pytest.mark.parametrize(("sender", "speaks"), [
-    (SLAVE, True),
-    (SLAVE + HEARTBEAT_SUFFIX, True),
-    (OTHER, False),
-    (SLAVE[:-1], False),
-    (SLAVE + b"x", False),
-    (SLAVE + HEARTBEAT_SUFFIX + b"x", False),
-    (SLAVE + HEARTBEAT_SUFFIX + HEARTBEAT_SUFFIX, False),
-    (b"x" + SLAVE, False),
-    (HEARTBEAT_SUFFIX, False),
-    (b"", False),
+@pytest.mark.parametrize(("sender", "beat", "speaks"), [
+    (SLAVE, False, True),
+    (SLAVE + HEARTBEAT_SUFFIX, True, True),
+    # A heartbeat captured from one of the slave's sockets, replayed as from the other (each
+    # socket has counters of its own, so the replay check alone would let it through).
+    (SLAVE, True, False),
+    (SLAVE + HEARTBEAT_SUFFIX, False, False),
+    (OTHER, False, False),
+    (SLAVE[:-1], False, False),
+    (SLAVE + b"x", False, False),
+    (SLAVE + HEARTBEAT_SUFFIX + b"x", True, False),
+    (SLAVE + HEARTBEAT_SUFFIX + HEARTBEAT_SUFFIX, True, False),
+    (b"x" + SLAVE, False, False),
+    (HEARTBEAT_SUFFIX, True, False),
+    (b"", False, False),
 ])
-def test_only_a_slaves_own_two_sockets_speak_for_it(sender: bytes, speaks: bool) -> None:
-    assert Registry.speaks_for(sender, SLAVE.decode()) == (SLAVE if speaks else None)
+def test_only_a_slaves_own_socket_of_the_kind_speaks_for_it(sender: bytes, beat: bool,
+                                                           speaks: bool) -> None:
+    assert Registry.speaks_for(sender, SLAVE.decode(), beat) == (SLAVE if speaks else None)
 
 
 def test_an_identity_that_is_not_utf8_still_speaks_for_itself() -> None:
     # A heartbeat carries the identity as text with surrogate escapes (as the slave sends it).
     ident = b"host:\xff:1"
     name = ident.decode("utf-8", "surrogateescape")
-    assert Registry.speaks_for(ident, name) == ident
-    assert Registry.speaks_for(ident + HEARTBEAT_SUFFIX, name) == ident
-    assert Registry.speaks_for(b"host:?:1", name) is None
+    assert Registry.speaks_for(ident, name, False) == ident
+    assert Registry.speaks_for(ident + HEARTBEAT_SUFFIX, name, True) == ident
+    assert Registry.speaks_for(b"host:?:1", name, False) is None
 
 
 def test_silent_names_members_not_heard_from_for_longer_than_the_timeout() -> None:
@@ -431,7 +438,7 @@ def test_failed_jobs_are_retried_after_their_backoff_then_recorded_with_their_se
     answer = deliver(parts, SLAVE, ack(done(batch.bid, 3, 7), window=10), t0 + 1)
     stats = parts.ledger.stats
     assert (stats.finished, stats.retried, stats.failed) == (8, 2, 0)
-    assert parts.ledger.retrying == 2
+    assert parts.ledger.requeued == 2
     assert answer == [], "a retry waits for its backoff"
     assert SLAVE in parts.registry.waiting
     assert not parts.failures_path.exists()
@@ -441,7 +448,7 @@ def test_failed_jobs_are_retried_after_their_backoff_then_recorded_with_their_se
     # slave is the only one, so they may go back to it).
     retries = jobs_to(deliver(parts, SLAVE, ack(window=10), t0 + 2), SLAVE)
     assert [b.jobs for b in retries] == [[3], [7]]
-    assert parts.ledger.retrying == 0
+    assert parts.ledger.requeued == 0
     # They fail again: that is their last attempt, recorded before it counts as failed.
     for retry in retries:
         deliver(parts, SLAVE, ack(done(retry.bid, 0), window=10), t0 + 3)
@@ -552,7 +559,7 @@ def test_a_heartbeat_that_omits_a_lease_old_enough_reclaims_it(tmp_path: Path) -
     assert ledger.held_by(SLAVE) == 200, "a lease younger than the timeout may be on its way"
     deliver(parts, SLAVE, heartbeat(SLAVE, None), T0 + 31)
     assert ledger.held_by(SLAVE) == 200, "a heartbeat that says nothing of its batches"
-    deliver(parts, SLAVE + HEARTBEAT_SUFFIX, heartbeat(SLAVE, {b2.bid}), T0 + 31)
+    deliver(parts, SLAVE + HEARTBEAT_SUFFIX, heartbeat(SLAVE, {b2.bid}, beat=True), T0 + 31)
     assert b1.bid not in ledger.leases, "a lease the slave does not hold was kept"
     assert b2.bid in ledger.leases, "a lease the slave holds was taken back"
     assert ledger.stats.redispatched == 100
@@ -781,7 +788,7 @@ def test_a_member_is_alive_as_long_as_its_own_sockets_beat(tmp_path: Path) -> No
     join_at(parts, SLAVE, 5, T0)
     slave = parts.registry.get(SLAVE)
     assert slave is not None
-    deliver(parts, SLAVE + HEARTBEAT_SUFFIX, heartbeat(SLAVE, None), T0 + 5)
+    deliver(parts, SLAVE + HEARTBEAT_SUFFIX, heartbeat(SLAVE, None, beat=True), T0 + 5)
     assert slave.last_seen == T0 + 5
     deliver(parts, OTHER, heartbeat(SLAVE, None), T0 + 9)
     assert slave.last_seen == T0 + 5, "another peer kept it alive"

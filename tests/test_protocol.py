@@ -240,3 +240,33 @@ def test_the_untouched_message_does_decode() -> None:
 def test_json_bodies_are_compact() -> None:
     frames = p.encode(p.Ack((), 3), epoch=EPOCH, counter=1)
     assert json.loads(frames[p.BODY_FRAME]) == [[], 3]
+
+
+LONE = "\ud800"  # JSON may carry it ("\\ud800"); no UTF-8 encoding takes it
+TEXT_FIELDS = [
+    (p.READY, [1, 2, 3, LONE, 4]),
+    (p.ACK, [[[1, [[0, [LONE, "m", "t"]]]]], 1]),
+    (p.ACK, [[[1, [[0, ["E", LONE, "t"]]]]], 1]),
+    (p.ACK, [[[1, [[0, ["E", "m", LONE]]]]], 1]),
+    (p.HEARTBEAT, [LONE, "n", None, None, False]),
+    (p.HEARTBEAT, ["s", LONE, None, None, False]),
+    (p.WELCOME, [1, LONE]),
+    (p.DONE, [1, 2, LONE]),
+]
+
+
+@pytest.mark.parametrize(("kind", "body"), TEXT_FIELDS)
+def test_text_that_cannot_be_encoded_is_refused(kind: bytes, body: Any) -> None:
+    """A lone surrogate in a slave's name once killed the master: the registry encodes names,
+    and nothing guarded that (nothing should have to)."""
+    frames = p.pack(kind, body, epoch=EPOCH, counter=1)
+    assert LONE.encode("unicode_escape") in frames[p.BODY_FRAME]  # it did travel
+    with pytest.raises(p.ProtocolError, match="surrogate"):
+        p.decode(frames, key=None, kinds=ALL_KINDS)
+
+
+def test_a_surrogate_escaped_host_name_is_text() -> None:
+    # How a slave on a host whose name is not UTF-8 names itself: it must still decode.
+    name = b"h\xffst:1:abc".decode("utf-8", "surrogateescape")
+    frames = p.encode(p.Heartbeat(name, "n"), epoch=EPOCH, counter=1)
+    assert p.decode(frames, key=None, kinds=ALL_KINDS).message == p.Heartbeat(name, "n")

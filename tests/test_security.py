@@ -131,8 +131,8 @@ def raw(frames: list[bytes], key: bytes | None, kinds: frozenset[bytes]) -> Raw:
 def knock(sock: zmq.Socket, name: str, nonce: str, key: bytes | None,
           timeout_s: float = 10.0) -> Raw:
     """Ask the master for a WELCOME, as a slave does; return it (this reveals the epoch)."""
-    sock.send_multipart(p.pack(p.HEARTBEAT, [name, nonce, None, None], epoch=NO_EPOCH, counter=1,
-                               key=key))
+    sock.send_multipart(p.pack(p.HEARTBEAT, [name, nonce, None, None, False], epoch=NO_EPOCH,
+                               counter=1, key=key))
     frames = recv_within(sock, timeout_s)
     assert frames is not None, f"no WELCOME within {timeout_s}s"
     welcome = raw(frames, key, p.MASTER_KINDS)
@@ -226,10 +226,10 @@ def test_rogue_peer_during_a_signed_run(procs: Procs, tmp_path: Path) -> None:
             [p.WELCOME, hdr, b'[1,"n"]', b""],
             [p.JOBS, hdr, bomb, p._mac(key, p.JOBS, hdr, bomb)],
             # valid-looking but unsigned, and signed with the wrong key (a knock among them)
-            p.pack(p.HEARTBEAT, ["rogue-1", "unsigned-knock", None, None], epoch=NO_EPOCH,
+            p.pack(p.HEARTBEAT, ["rogue-1", "unsigned-knock", None, None, False], epoch=NO_EPOCH,
                    counter=1),
             p.pack(p.ACK, [[[1, []]], 100], epoch=NO_EPOCH, counter=2),
-            p.pack(p.HEARTBEAT, ["rogue-1", "wrong-key-knock", None, None], epoch=NO_EPOCH,
+            p.pack(p.HEARTBEAT, ["rogue-1", "wrong-key-knock", None, None, False], epoch=NO_EPOCH,
                    counter=3, key=WRONG_KEY),
             p.pack(p.ACK, [[[1, []]], 100], epoch=NO_EPOCH, counter=4, key=WRONG_KEY),
             # a pickle bomb as the body of a slave kind: unsigned, and signed with the right key
@@ -324,8 +324,8 @@ def test_replayed_heartbeat_does_not_keep_a_dead_slave_alive(procs: Procs,
         # The epoch is in every message the master sends; a sniffer would copy the victim's
         # heartbeat verbatim. Here it is rebuilt with the key: the same bytes.
         epoch = knock(dealer(ctx, address, b"observer"), "observer", "n", key).epoch
-        captured = p.pack(p.HEARTBEAT, [ident, "an old nonce", None, None], epoch=epoch, counter=1,
-                          key=key)
+        captured = p.pack(p.HEARTBEAT, [ident, "an old nonce", None, None, True], epoch=epoch,
+                          counter=1, key=key)
         victim.kill()
 
         def replay() -> None:
@@ -674,7 +674,7 @@ def test_each_attack_is_dropped_and_counted(tmp_path: Path, secret: bytes | None
         "bad shape": (signed(p.ACK, {"a": 1}), "ACK: expected a list of 2 fields"),
         "a job the batch does not hold": (signed(p.ACK, [[[1, [[7, ["E", "m", "t"]]]]], 0]),
                                           "names jobs it does not hold"),
-        "a heartbeat for another slave": (signed(p.HEARTBEAT, ["another:1:x", "n", [], []]),
+        "a heartbeat for another slave": (signed(p.HEARTBEAT, ["another:1:x", "n", [], [], False]),
                                           "names another slave"),
     }
     if key is not None:
@@ -697,7 +697,7 @@ def test_each_attack_is_dropped_and_counted(tmp_path: Path, secret: bytes | None
         assert expected in m.exchange.last_drop, f"{name}: dropped for {m.exchange.last_drop!r}"
     if key is not None:
         # A replay: the same signed message twice from one sender; the second is dropped.
-        frames = signed(p.HEARTBEAT, [SLAVE.decode(), "n", None, None])
+        frames = signed(p.HEARTBEAT, [SLAVE.decode(), "n", None, None, False])
         receive(m, [(SLAVE, frames), (SLAVE, frames)])
         assert m.exchange.last_drop == "replayed message"
         assert m.exchange.dropped == len(attacks) + 1
