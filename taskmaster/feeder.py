@@ -17,7 +17,6 @@ GIL for each append and each copy), and a slow stream's jobs go out as they are 
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import operator
@@ -27,29 +26,25 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 import gevent.event
 from gevent import monkey
 
-from . import sized
 from .config import FEED_POLL_MAX_S, FEED_SKIP_STEP_JOBS, FEED_STEP_MAX_JOBS, FEED_TURN_S
 from .errors import ConfigError, InternalError, TaskmasterError, UserCodeError
-from .state import count_failures, read_failures, safe_repr
-
-if TYPE_CHECKING:
-    from .config import MasterConfig
-    from .state import Checkpoint
+from .state import safe_repr
 
 log = logging.getLogger(__name__)
 
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 _start_thread = monkey.get_original("_thread", "start_new_thread")
-_NOTHING = object()
+NO_JOB: Any = object()
+"""Stands for "no job" where any value, None included, can be a job."""
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _DEFAULT_EQ = object.__eq__
+
 
 
 @dataclass(slots=True)
@@ -62,58 +57,6 @@ class Chunk:
     error: TaskmasterError | None = None
 
 
-def takes_last(get_jobs: Callable[..., Any]) -> bool:
-    """Whether ``get_jobs`` can be told where to resume (a ``last`` parameter, or ``**kw``);
-    a stream that cannot is resumed by position instead."""
-    try:
-        params = inspect.signature(get_jobs).parameters.values()
-    except (TypeError, ValueError):
-        return True  # no signature to read (a builtin): the call itself will tell
-    return any(p.name == "last" or p.kind is p.VAR_KEYWORD for p in params)
-
-
-def opener(get_jobs: Callable[..., Any], kwargs: dict[str, str], *,
-           last: Any = _NOTHING) -> Callable[[], Iterable[Any]]:
-    """How to open the job stream: ``get_jobs(**kwargs)``, with ``last`` when resuming. Its
-    arguments are checked now (bad KEY=VALUE names are a ConfigError); the call itself is
-    made in the feeder's thread, where the stream is pulled, since what it opens (a database
-    connection, say) may only be used in the thread that opened it."""
-    call_kwargs: dict[str, Any] = dict(kwargs)
-    if last is not _NOTHING:
-        call_kwargs["last"] = last
-    try:
-        inspect.signature(get_jobs).bind(**call_kwargs)
-    except TypeError as e:
-        raise ConfigError(f"get_jobs cannot take these arguments: {e}; "
-                          "check the KEY=VALUE pairs and get_jobs' parameters") from None
-    except ValueError:
-        pass  # no signature to check (a builtin); the call itself will tell
-    return lambda: get_jobs(**call_kwargs)
-
-
-def recorded_jobs(path: Path) -> sized:
-    """The (sequence number, job) pairs of a failures file, streamed, with their count."""
-    return sized(read_failures(path), total=count_failures(path))
-
-
-def feeder_for(get_jobs: Callable[..., Any], cfg: MasterConfig, cp: Checkpoint | None) -> Feeder:
-    """The feeder of a run that starts from ``cp`` (None: from scratch)."""
-    resume = cp.resume_seq if cp is not None and cp.has_last else 0
-    if cfg.retry_failures is not None:
-        path = cfg.retry_failures
-        log.info("retrying the jobs recorded in %s%s", path,
-                 f", from record #{resume}" if resume else "")
-        # A file of records is resumed by position: the records before it are settled.
-        return Feeder(lambda: recorded_jobs(path), skip=resume, pairs=True)
-    if cp is not None and cp.has_last and takes_last(get_jobs):
-        return Feeder(opener(get_jobs, cfg.kwargs, last=cp.last_job), first=cp.last_seq,
-                      skip=resume - cp.last_seq, expect=cp.last_job)
-    if resume:
-        log.info("get_jobs takes no `last`: resuming by position, skipping the %d jobs "
-                 "before job #%d", resume, resume)
-    return Feeder(opener(get_jobs, cfg.kwargs), skip=resume)
-
-
 class Feeder:
     """Opens a stream with ``open()`` and pulls it, in a thread of its own. ``skip`` jobs are
     dropped first (they are settled already); ``expect`` is the job the stream should begin
@@ -123,7 +66,7 @@ class Feeder:
     `taskmaster.sized`)."""
 
     def __init__(self, open: Callable[[], Iterable[Any]], *, first: int = 0, skip: int = 0,
-                 expect: Any = _NOTHING, pairs: bool = False) -> None:
+                 expect: Any = NO_JOB, pairs: bool = False) -> None:
         self._open = open
         self._iterator: Iterator[Any] = iter(())
         self.first = first
@@ -140,7 +83,7 @@ class Feeder:
         self._closed = False
         self._sleeping = False
         self._pulled = 0  # the thread's own: jobs it has pulled in all
-        self._pending: Any = _NOTHING  # the thread's own: a first job read ahead to check it
+        self._pending: Any = NO_JOB  # the thread's own: a first job read ahead to check it
         self._wake = _allocate_lock()
         self._wake.acquire()  # held: released to wake the thread when it sleeps
         self._arrived = gevent.event.Event()
@@ -216,7 +159,7 @@ class Feeder:
         try:
             error = self._begin()
             while error is None and (room := self._wait_for_room()) is not None:
-                if self._expect is not _NOTHING or self._skip:
+                if self._expect is not NO_JOB or self._skip:
                     error = self._resume()  # once the master has made room
                     continue
                 if not self._pull(room):
@@ -229,37 +172,22 @@ class Feeder:
 
     def _begin(self) -> TaskmasterError | None:
         """Open the stream; the error that ends the run at once, if any."""
-        try:
-            stream = self._open()
-        except TaskmasterError as e:  # ours: a failures file that cannot be read, say
-            return e
-        except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's, reported in full
-            return _user_error(e)
-        try:
-            self._iterator = iter(stream)
-        except TypeError:
-            return ConfigError(f"get_jobs returned {safe_repr(stream, 60)}, which is not "
-                               "iterable; it must yield jobs (or return a list or a generator)")
-        except Exception as e:  # noqa: BLE001 - the user's own __iter__
-            return _user_error(e)
-        try:
-            hint = operator.length_hint(stream, -1)
-        except Exception as e:  # noqa: BLE001 - a user's __length_hint__, or sized(total<0)
-            log.warning("get_jobs' result cannot say its length (%s: %s); no ETA shown",
-                        type(e).__name__, e)
-            hint = -1
-        self.total = self.first + hint if hint >= 0 else None
+        opened = _open_stream(self._open)
+        if isinstance(opened, TaskmasterError):
+            return opened
+        self._iterator, hint = opened
+        self.total = self.first + hint if hint is not None else None
         return None
 
     def _resume(self) -> TaskmasterError | None:
         """Check the first job against what it should be, and skip what is settled already."""
         expect, skip = self._expect, self._skip
-        self._expect, self._skip = _NOTHING, 0
+        self._expect, self._skip = NO_JOB, 0
         try:
-            first: Any = next(self._iterator, _NOTHING)
-            if first is _NOTHING:
+            first: Any = next(self._iterator, NO_JOB)
+            if first is NO_JOB:
                 return None
-            if expect is not _NOTHING and not _same_job(first[1] if self._pairs else first,
+            if expect is not NO_JOB and not same_job(first[1] if self._pairs else first,
                                                          expect):
                 # Not the job it was given: it may be the next one (a stream that resumes
                 # after `last`, not from it), so it runs, rather than be lost. At worst a job
@@ -279,7 +207,7 @@ class Feeder:
         except TaskmasterError as e:
             return e
         except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's, reported in full
-            return _user_error(e)
+            return user_error(e)
         return None
 
     def _wait_for_room(self) -> int | None:
@@ -297,9 +225,9 @@ class Feeder:
         """One turn: up to ``room`` jobs, for about `FEED_TURN_S`; False once the stream ended
         (or the feeder was closed)."""
         turn = _Turn()
-        if self._pending is not _NOTHING:
+        if self._pending is not NO_JOB:
             turn.jobs.append(self._pending)
-            self._pending = _NOTHING
+            self._pending = NO_JOB
         pulled = len(turn.jobs)
         with self._mutex:
             self._turn = turn
@@ -317,7 +245,7 @@ class Feeder:
             except TaskmasterError as e:
                 ended, error = True, e
             except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's, reported in full
-                ended, error = True, _user_error(e)
+                ended, error = True, user_error(e)
             got = len(turn.jobs) - before
             pulled += got
             if ended or got < want:
@@ -365,7 +293,33 @@ class _Turn:
         return self.jobs if over and not taken else self.jobs[taken:self.taken]
 
 
-def _same_job(job: Any, expect: Any) -> bool:
+def _open_stream(open: Callable[[], Iterable[Any]]
+                 ) -> tuple[Iterator[Any], int | None] | TaskmasterError:
+    """The stream's iterator and the length it tells (None when it does not), or the error
+    that ends the run at once."""
+    try:
+        stream = open()
+    except TaskmasterError as e:  # ours: a failures file that cannot be read, say
+        return e
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's, reported in full
+        return user_error(e)
+    try:
+        iterator = iter(stream)
+    except TypeError:
+        return ConfigError(f"get_jobs returned {safe_repr(stream, 60)}, which is not "
+                           "iterable; it must yield jobs (or return a list or a generator)")
+    except Exception as e:  # noqa: BLE001 - the user's own __iter__
+        return user_error(e)
+    try:
+        hint = operator.length_hint(stream, -1)
+    except Exception as e:  # noqa: BLE001 - a user's __length_hint__, or sized(total<0)
+        log.warning("get_jobs' result cannot say its length (%s: %s); no ETA shown",
+                    type(e).__name__, e)
+        hint = -1
+    return iterator, hint if hint >= 0 else None
+
+
+def same_job(job: Any, expect: Any) -> bool:
     """Whether the stream began with the job it was told to begin with; warns when not. A job
     that does not define equality is compared by its pickle (it was unpickled from the state
     file, so it is never the same object)."""
@@ -384,5 +338,5 @@ def _same_job(job: Any, expect: Any) -> bool:
     return same
 
 
-def _user_error(e: BaseException) -> UserCodeError:
+def user_error(e: BaseException) -> UserCodeError:
     return UserCodeError(f"get_jobs raised {type(e).__name__}: {e}", traceback.format_exc())

@@ -36,7 +36,6 @@ from .config import (
 )
 from .errors import InternalError, Outcome, TaskmasterError, exit_code_for_signal
 from .exchange import Exchange
-from .feeder import feeder_for
 from .handout import Handout
 from .ledger import Ledger
 from .progress import Progress, Snapshot
@@ -45,6 +44,7 @@ from .registry import Registry
 from .report import report_end
 from .signals import StopSignals
 from .state import safe_repr
+from .stream import feeder_for
 from .transport import MasterSocket, load_curve
 
 log = logging.getLogger(__name__)

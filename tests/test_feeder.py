@@ -29,10 +29,11 @@ import pytest
 from taskmaster import sized
 from taskmaster.config import DEFAULT_BUFFER_SIZE, FEED_TURN_S, MasterConfig
 from taskmaster.errors import ConfigError, InternalError, StateError, UserCodeError
-from taskmaster.feeder import Chunk, Feeder, feeder_for, opener
+from taskmaster.feeder import Chunk, Feeder
 from taskmaster.ledger import Failure
 from taskmaster.messages import JobError
 from taskmaster.state import Checkpoint, FailureLog
+from taskmaster.stream import feeder_for, opener
 from taskmaster.target import Target
 
 MISSING: Any = object()
