@@ -21,7 +21,9 @@ from .config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE_TIMEOUT_S,
     DEFAULT_MASTER_TIMEOUT_S,
+    DEFAULT_MAX_BUFFER_MB,
     DEFAULT_MAX_DEATHS,
+    DEFAULT_MAX_MESSAGE_MB,
     DEFAULT_MAX_RETRIES,
     DEFAULT_STOP_WAIT_S,
     SECRET_ENV,
@@ -36,6 +38,7 @@ from .target import Target, parse_kwargs
 
 log = logging.getLogger("taskmaster")
 
+MIB = 1024 * 1024
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
@@ -59,6 +62,9 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
         _option("--log-level", default="INFO",
                 type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)),
         _option("--no-progress", is_flag=True, help="No progress bar or progress log lines."),
+        _option("--max-message-mb", type=int, default=DEFAULT_MAX_MESSAGE_MB,
+                help="Largest message of jobs, in MiB: batches are cut to fit, and a job "
+                     "alone over it is recorded as failed. The same on master and slaves."),
     ]):
         f = opt(f)
     return f
@@ -98,6 +104,8 @@ def _slave_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _master_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
         _option("--size", type=int, default=DEFAULT_BUFFER_SIZE, help="Jobs buffered in memory."),
+        _option("--max-buffer-mb", type=int, default=DEFAULT_MAX_BUFFER_MB,
+                help="What the master holds of jobs, buffered and leased, in MiB (pickled)."),
         _option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
                 help="Checkpoint file (default: named from target and arguments, in .)."),
         _option("--failures-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -157,6 +165,8 @@ def _master_config(target: str, pairs: tuple[str, ...], address: str, opts: dict
         reset=opts["reset"], lease_timeout_s=opts["lease_timeout"],
         max_retries=opts["max_retries"], max_deaths=opts["max_deaths"],
         stop_wait_s=opts["stop_wait"], retry_failures=opts["retry_failures"],
+        max_message_bytes=opts["max_message_mb"] * MIB,
+        max_buffer_bytes=opts["max_buffer_mb"] * MIB,
         progress=not no_progress, **_security(opts, secret))
 
 
@@ -165,8 +175,8 @@ def _slave_config(target: str, address: str, opts: dict[str, Any],
     return SlaveConfig(
         target=Target.parse(target, "handle_job"), address=address,
         concurrency=opts["concurrency"], master_timeout_s=opts["master_timeout"],
-        job_timeout_s=opts["job_timeout"], progress=not no_progress,
-        **_security(opts, secret))
+        job_timeout_s=opts["job_timeout"], max_message_bytes=opts["max_message_mb"] * MIB,
+        progress=not no_progress, **_security(opts, secret))
 
 
 def _slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str) -> list[str]:
@@ -174,7 +184,7 @@ def _slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str)
 
     argv = ["--address", address, "--concurrency", str(opts["concurrency"]),
             "--master-timeout", str(opts["master_timeout"]), "--log-level", log_level,
-            "--no-progress"]
+            "--max-message-mb", str(opts["max_message_mb"]), "--no-progress"]
     if opts["job_timeout"] is not None:
         argv += ["--job-timeout", str(opts["job_timeout"])]
     if opts["no_monkey_patch"]:

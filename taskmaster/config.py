@@ -26,6 +26,12 @@ DEFAULT_MASTER_TIMEOUT_S = 300.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_DEATHS = 3
 DEFAULT_STOP_WAIT_S = 30.0
+DEFAULT_MAX_MESSAGE_MB = 64
+DEFAULT_MAX_MESSAGE_BYTES = DEFAULT_MAX_MESSAGE_MB * 1024 * 1024
+"""Largest JOBS message: a batch is cut to fit it, a job alone over it fails."""
+DEFAULT_MAX_BUFFER_MB = 256
+"""What the master may hold of jobs, buffered and leased, in pickled MiB (as estimated from
+the sizes of the jobs seen so far)."""
 
 # -- liveness and checkpoints ---------------------------------------------------------------
 
@@ -75,7 +81,8 @@ WINDOW_BYTES = 4 * 1024 * 1024
 """The same two bounds in pickled bytes, for large jobs: what the master holds for each slave
 (and copies into messages for it) stays a few megabytes whatever the size of a job."""
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-"""Largest message body either side accepts."""
+"""Largest message a master takes from a slave (they are small: acknowledgements with their
+errors); what a slave takes is its --max-message-mb."""
 MESSAGE_SLACK_BYTES = 4096
 """Headroom beyond the largest body for the kind, header and signature frames."""
 MAX_ERROR_CHARS = 100_000
@@ -162,6 +169,11 @@ def asks_for_a_port(address: str) -> bool:
     return address.startswith("tcp://") and address.rsplit(":", 1)[-1] in ("0", "*")
 
 
+def check_megabytes(option: str, n_bytes: int) -> None:
+    if n_bytes < 1024 * 1024:
+        raise ConfigError(f"{option} must be at least 1, got {n_bytes / (1024 * 1024):g}")
+
+
 def check_connectable(address: str) -> str:
     """A slave's address must name its master's port: port 0 is only for a master to bind."""
     if asks_for_a_port(address):
@@ -225,6 +237,8 @@ class MasterConfig:
     max_retries: int = DEFAULT_MAX_RETRIES
     max_deaths: int = DEFAULT_MAX_DEATHS
     stop_wait_s: float = DEFAULT_STOP_WAIT_S
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_buffer_bytes: int = DEFAULT_MAX_BUFFER_MB * 1024 * 1024
     progress: bool = True
     retry_failures: Path | None = None
     secret: bytes | None = field(default=None, repr=False)
@@ -239,6 +253,8 @@ class MasterConfig:
         if self.max_retries < 0 or self.max_deaths < 1 or self.stop_wait_s < 0:
             raise ConfigError("--max-retries must be 0 or more, --max-deaths 1 or more, "
                               "--stop-wait 0 or more")
+        check_megabytes("--max-message-mb", self.max_message_bytes)
+        check_megabytes("--max-buffer-mb", self.max_buffer_bytes)
         if self.lease_timeout_s <= HEARTBEAT_INTERVAL_S:
             raise ConfigError(
                 f"--lease-timeout must exceed the heartbeat interval ({HEARTBEAT_INTERVAL_S}s)"
@@ -276,6 +292,7 @@ class SlaveConfig:
     concurrency: int = DEFAULT_CONCURRENCY
     master_timeout_s: float = DEFAULT_MASTER_TIMEOUT_S
     job_timeout_s: float | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     progress: bool = True
     """Log what this slave has done every few seconds (tm-spawn and tm-run turn it off: their
     master shows the run's progress)."""
@@ -291,3 +308,4 @@ class SlaveConfig:
         if self.master_timeout_s <= 0 or (self.job_timeout_s is not None
                                           and self.job_timeout_s <= 0):
             raise ConfigError("--master-timeout and --job-timeout must be positive")
+        check_megabytes("--max-message-mb", self.max_message_bytes)

@@ -25,15 +25,13 @@ class Exchange:
     """Acts on slaves' messages through the registry, the ledger and the handout."""
 
     def __init__(self, ledger: Ledger, registry: Registry, handout: Handout,
-                 checkpointer: Checkpointer, *, key: bytes | None, epoch: bytes,
-                 lease_timeout_s: float) -> None:
+                 checkpointer: Checkpointer, *, key: bytes | None, epoch: bytes) -> None:
         self.ledger = ledger
         self.registry = registry
         self.handout = handout
         self.checkpointer = checkpointer
         self.key = key
         self.epoch = epoch
-        self.lease_timeout_s = lease_timeout_s
         self.dropped = 0
         self.last_drop = ""
         """Why the last dropped message was dropped."""
@@ -54,7 +52,11 @@ class Exchange:
             return
         msg, current = envelope.message, envelope.epoch == self.epoch
         slave = self.registry.get(sender)
-        if isinstance(msg, p.Heartbeat):
+        if slave is not None and current:
+            slave.last_counter = envelope.counter
+        if isinstance(msg, p.Gone):
+            self._on_gone(msg, now)
+        elif isinstance(msg, p.Heartbeat):
             self._on_heartbeat(sender, msg, current, now)
         elif isinstance(msg, p.Ready):
             if current:
@@ -89,8 +91,8 @@ class Exchange:
             if current:
                 slave.last_seen = now
                 if msg.started is not None:
-                    slave.started, slave.reported_at = msg.started, now
-                self._reconcile(slave, msg.held, now)
+                    slave.started, slave.started_seen = msg.started, msg.seen
+                self._reconcile(slave, msg, now)
             return
         if self.farewell is not None:
             # A slave that knocks while we say goodbye learns that there is nothing left.
@@ -104,13 +106,17 @@ class Exchange:
         if session is not None:
             self.handout.send(ident, p.Welcome(session, msg.nonce))
 
-    def _reconcile(self, slave: SlaveInfo, held: frozenset[int] | None, now: float) -> None:
-        if held is None or slave.leaving or self.handout.closed:
+    def _reconcile(self, slave: SlaveInfo, beat: p.Heartbeat, now: float) -> None:
+        if beat.held is None or slave.leaving or self.handout.closed:
             return
-        jobs = self.ledger.reclaim(slave.ident, held, now - self.lease_timeout_s)
+        if slave.last_counter < beat.sent:
+            # What it sent before this heartbeat (an acknowledgement, say) is still on its way
+            # on its other socket: what `held` leaves out may have been acknowledged.
+            return
+        jobs = self.ledger.reclaim(slave.ident, beat.held, beat.seen)
         if jobs:
-            log.warning("slave %s does not hold %d jobs leased to it %.0fs ago (lost in "
-                        "transit); they go out again", slave.name, jobs, self.lease_timeout_s)
+            log.warning("slave %s does not hold %d jobs it was sent before the last message "
+                        "it received (lost in transit); they go out again", slave.name, jobs)
             # It has room again, but it is not waiting (its window was full), and with
             # nothing held it sends no acknowledgement that would be answered with work.
             self.handout.offer(slave, now)
@@ -146,6 +152,11 @@ class Exchange:
         else:
             slave.window = msg.window
             self.handout.offer(slave, now)
+
+    def _on_gone(self, msg: p.Gone, now: float) -> None:
+        slave = self.registry.get(msg.slave.encode("utf-8", "surrogateescape"))
+        if slave is not None:
+            self.handout.gone(slave, msg.code, msg.timed_out, now)
 
     def _on_bye(self, slave: SlaveInfo, msg: p.Bye) -> None:
         self.ledger.hand_back(slave.ident, msg.handed_back)

@@ -71,6 +71,8 @@ class Feeder:
         self._iterator: Iterator[Any] = iter(())
         self.first = first
         self.total: int | None = None
+        self.job_bytes = 0.0
+        """The pickled size of a job, from one job a turn (0 until the first is pulled)."""
         self._skip = skip
         self._expect = expect
         self._pairs = pairs
@@ -226,6 +228,7 @@ class Feeder:
         (or the feeder was closed)."""
         turn = _Turn()
         if self._pending is not NO_JOB:
+            self._sample(self._pending)
             turn.jobs.append(self._pending)
             self._pending = NO_JOB
         pulled = len(turn.jobs)
@@ -248,6 +251,8 @@ class Feeder:
                 ended, error = True, user_error(e)
             got = len(turn.jobs) - before
             pulled += got
+            if before == 0 and turn.jobs:  # a turn's first job: sized, as a sample
+                self._sample(turn.jobs[0])
             if ended or got < want:
                 ended = True
                 break
@@ -255,6 +260,14 @@ class Feeder:
                 break
         self._pulled += pulled
         return self._hand_over(turn, ended=ended, error=error) and not ended
+
+    def _sample(self, job: Any) -> None:
+        """Learn the size of a job: the master bounds its buffer in bytes by it."""
+        try:
+            size = len(pickle.dumps(job[1] if self._pairs else job, _PICKLE))
+        except Exception:  # noqa: BLE001 - a job that does not pickle: the master says so
+            return
+        self.job_bytes = size if not self.job_bytes else 0.8 * self.job_bytes + 0.2 * size
 
     def _hand_over(self, turn: _Turn, *, ended: bool,
                    error: TaskmasterError | None = None) -> bool:

@@ -12,10 +12,12 @@ import logging
 import pickle
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 
 from . import protocol as p
 from .checkpointer import Checkpointer
+from .config import DEFAULT_MAX_MESSAGE_BYTES
 from .dispatch import JobSize, lease_for
 from .errors import TaskmasterError, UserCodeError
 from .ledger import Batch, Ledger
@@ -33,7 +35,8 @@ class Handout:
 
     def __init__(self, ledger: Ledger, registry: Registry, checkpointer: Checkpointer,
                  send: Send, seal: p.Seal, *, stop: Callable[[TaskmasterError], None],
-                 room_freed: Callable[[], None]) -> None:
+                 room_freed: Callable[[], None],
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.ledger = ledger
         self.registry = registry
         self.checkpointer = checkpointer
@@ -41,6 +44,7 @@ class Handout:
         self.seal = seal
         self._stop = stop
         self._room_freed = room_freed
+        self.max_message_bytes = max_message_bytes
         self.job_size = JobSize()
         self.closed = False
         """No new leases (the run is stopping)."""
@@ -62,34 +66,58 @@ class Handout:
         if credit <= 0:
             self.registry.waiting.discard(slave.ident)
             return
-        batches = self.ledger.take(slave.ident, credit, now, max_batch=lease.max_batch,
-                                   alone=self.registry.takers() <= 1)
-        for i, batch in enumerate(batches):
-            credit -= len(batch.jobs)
-            if not self._send_batch(slave, batch, unsent=batches[i + 1:]):
+        batches = deque(self.ledger.take(slave.ident, credit, now, max_batch=lease.max_batch,
+                                         alone=self.registry.takers() <= 1))
+        took = bool(batches)
+        while batches:
+            sent = self._send_batch(slave, batches.popleft(), batches)
+            if sent is None:
                 return
+            credit -= sent
         if credit > 0:
             self.registry.waiting.add(slave.ident)
         else:
             self.registry.waiting.discard(slave.ident)
-        if batches:
+        if took:
             self._room_freed()
 
-    def _send_batch(self, slave: SlaveInfo, batch: Batch, unsent: list[Batch]) -> bool:
+    def _send_batch(self, slave: SlaveInfo, batch: Batch, rest: deque[Batch]) -> int | None:
+        """Send one leased batch; the jobs sent, or None when the slave is lost or the run
+        must stop (``rest``, the batches still to send, are then handed back). A batch too
+        big for one message is cut in halves put first in ``rest``."""
         try:
             frames = self.seal(p.Jobs(batch.bid, batch.jobs, batch.isolate))
         except Exception:  # noqa: BLE001 - a job that cannot be pickled is the user's error
-            self.ledger.hand_back(slave.ident, [b.bid for b in (batch, *unsent)])
+            self.ledger.hand_back(slave.ident, [b.bid for b in (batch, *rest)])
             self._stop(_unpicklable(batch))
-            return False
-        self.job_size.learn(len(frames[p.BODY_FRAME]), len(batch.jobs))
+            return None
+        size = len(frames[p.BODY_FRAME])
+        self.job_size.learn(size, len(batch.jobs))
+        limit = min(self.max_message_bytes, slave.max_bytes or self.max_message_bytes)
+        if size > limit:
+            if len(batch.jobs) > 1:
+                rest.extendleft(reversed(self.ledger.split(slave.ident, batch.bid)))
+            else:
+                self._too_big(slave, batch, size, limit)
+            return 0
+        self.ledger.sent(slave.ident, batch.bid, self.seal.counter)
         if not self._send(slave.ident, frames):
             # Never sent, so never started: they go out again uncharged, before the slave's
             # other leases are charged with its death.
-            self.ledger.hand_back(slave.ident, [b.bid for b in (batch, *unsent)])
+            self.ledger.hand_back(slave.ident, [b.bid for b in (batch, *rest)])
             self.lose(slave, "disconnected")
-            return False
-        return True
+            return None
+        return len(batch.jobs)
+
+    def _too_big(self, slave: SlaveInfo, batch: Batch, size: int, limit: int) -> None:
+        mib = 1024 * 1024
+        message = (f"the job pickles to {size / mib:.1f} MiB, over the {limit / mib:.0f} MiB "
+                   "a message may hold; raise --max-message-mb (on the master and every "
+                   "slave) to send it")
+        log.error("job #%d %s cannot be sent: %s; recorded as failed", batch.origin(0),
+                  safe_repr(batch.jobs[0], 200), message)
+        self.checkpointer.record(self.ledger, self.ledger.reject(
+            slave.ident, batch.bid, p.JobError("JobTooLarge", message)))
 
     def serve_waiting(self) -> None:
         """Offer work to the slaves that wait for it, while there is some."""
@@ -108,11 +136,28 @@ class Handout:
         log.warning("slave %s lost (%s); %d leased jobs go out again", slave.name, why,
                     self.ledger.held_by(slave.ident))
         self.registry.forget(slave.ident)
-        final = self.ledger.lose(slave.ident, slave.started, slave.reported_at)
+        final = self.ledger.lose(slave.ident, slave.started, slave.started_seen)
         for f in final:
             log.error("job #%d %s recorded as failed: %s", f.origin, safe_repr(f.job, 200),
                       f.error.message)
         self.checkpointer.record(self.ledger, final)
+        self.serve_waiting()
+
+
+    def gone(self, slave: SlaveInfo, code: int | None,
+             timed_out: tuple[int, int, p.JobError] | None, now: float) -> None:
+        """``slave`` is gone, as its supervisor or its own watchdog says: at once, rather than
+        after its silence. A job that ran past its time is charged as a failed attempt."""
+        if timed_out is None:
+            self.lose(slave, "its process died" if code is None else
+                      f"its process exited with {code}")
+            return
+        bid, index, error = timed_out
+        log.warning("slave %s is being replaced: a job ran past its --job-timeout; its %d "
+                    "leased jobs go out again", slave.name, self.ledger.held_by(slave.ident))
+        self.registry.forget(slave.ident)
+        self.checkpointer.record(self.ledger, self.ledger.time_out(slave.ident, bid, index,
+                                                                   error, now))
         self.serve_waiting()
 
 

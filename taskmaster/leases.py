@@ -26,6 +26,8 @@ class Batch:
     not_before: float = 0.0
     avoid: bytes | None = None
     leased_at: float = 0.0
+    sent: int = 0
+    """The counter of the message that carried it to its slave (0: not sent yet)."""
     spared: bool = False
     """Once out on a slave that died before starting it (see `Redelivery.after_death`)."""
     origins: list[int] | None = None
@@ -39,6 +41,11 @@ class Batch:
     def origin(self, index: int) -> int:
         """The sequence number a failure record gives the job at ``index``."""
         return self.origins[index] if self.origins else self.start + index
+
+    def part(self, lo: int, hi: int) -> Batch:
+        """Its jobs ``lo`` to ``hi`` (excluded) as a batch of their own."""
+        return Batch(0, self.start + lo, self.jobs[lo:hi], self.attempts, self.deaths,
+                     origins=self.origins[lo:hi] if self.origins else None)
 
     def single(self, index: int, **changes: Any) -> Batch:
         """The job at ``index`` as a batch of its own."""
@@ -99,7 +106,7 @@ class LeaseTable:
         self._suspect_holders: set[bytes] = set()  # slaves holding a job that killed a slave
 
     def add(self, batch: Batch, bid: int, slave: bytes, now: float) -> None:
-        batch.bid, batch.slave, batch.leased_at = bid, slave, now
+        batch.bid, batch.slave, batch.leased_at, batch.sent = bid, slave, now, 0
         self._held[slave] = self._held.get(slave, 0) + len(batch.jobs)
         if batch.isolate:
             # One suspect per slave: if that slave dies too, no other job was held hostage

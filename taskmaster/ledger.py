@@ -193,22 +193,77 @@ class Ledger:
         self.stats.redispatched += jobs
         return jobs
 
-    def reclaim(self, slave: bytes, held: frozenset[int], leased_before: float) -> int:
-        """A live slave says which batches it holds; leases it does not hold, handed out long
-        enough ago to have arrived, were lost on the way (a dropped connection loses queued
-        messages silently) and go out again. Returns the number of jobs reclaimed."""
+    def sent(self, slave: bytes, bid: int, counter: int) -> None:
+        """The batch went out to ``slave`` in the message with this counter."""
+        batch = self._leases.get(bid, slave)
+        if batch is not None:
+            batch.sent = counter
+
+    def reclaim(self, slave: bytes, held: frozenset[int], seen: int) -> int:
+        """A live slave says which batches it holds, having received our messages up to the
+        counter ``seen``; leases it does not hold that went out before that were lost on the
+        way (a dropped connection loses queued messages silently) and go out again. Returns
+        the number of jobs reclaimed."""
         lost = [b.bid for b in self._leases.of(slave)
-                if b.bid not in held and b.leased_at < leased_before]
+                if b.bid not in held and 0 < b.sent <= seen]
         return self.hand_back(slave, lost)
 
+    def split(self, slave: bytes, bid: int) -> list[Batch]:
+        """Cut a lease in two halves, each a lease of its own (its message would be too big)."""
+        batch = self._leases.get(bid, slave)
+        if batch is None or len(batch.jobs) < 2:
+            return []
+        self._leases.remove(batch)
+        half = len(batch.jobs) // 2
+        parts = [batch.part(0, half), batch.part(half, len(batch.jobs))]
+        now = batch.leased_at
+        out: list[Batch] = []
+        for part in parts:
+            self._lease(part, slave, out, now)
+        return out
+
+    def reject(self, slave: bytes, bid: int, error: JobError) -> list[Failure]:
+        """The single job of a lease cannot be sent at all (too big for any message): it
+        fails for good, with ``error``. Returns it, to record."""
+        batch = self._leases.get(bid, slave)
+        if batch is None:
+            return []
+        self._leases.remove(batch)
+        return [self._give_up(batch, i, batch.attempts + 1, slave, error)
+                for i in range(len(batch.jobs))]
+
+    def time_out(self, slave: bytes, bid: int, index: int, error: JobError,
+                 now: float) -> list[Failure]:
+        """``slave`` is being replaced because the job at ``index`` of batch ``bid`` ran past
+        its time: that is a failed attempt of that job; everything else it held goes out
+        again, uncharged. Returns the failures that are final, to record."""
+        batch = self._leases.get(bid, slave)
+        final: list[Failure] = []
+        if batch is not None and 0 <= index < len(batch.jobs):
+            self._leases.remove(batch)
+            attempts = batch.attempts + 1
+            verdict = self.policy.after_error(attempts, error, now)
+            if isinstance(verdict, GiveUp):
+                final.append(self._give_up(batch, index, attempts, slave, verdict.error))
+            else:
+                self.stats.retried += 1
+                self._again.retrying.append(batch.single(index, attempts=attempts,
+                                                         not_before=verdict.at, avoid=slave))
+            for part in (batch.part(0, index), batch.part(index + 1, len(batch.jobs))):
+                if part.jobs:
+                    self._again.push(part)
+            self.stats.redispatched += len(batch.jobs) - 1
+        self.hand_back(slave, [b.bid for b in self._leases.of(slave)])
+        return final
+
     def lose(self, slave: bytes, started: frozenset[int] | None = None,
-             known_at: float = 0.0) -> list[Failure]:
+             seen: int = 0) -> list[Failure]:
         """A slave died or went silent holding leases. Each batch is spared or charged with a
         death as the policy decides; returns the jobs that failed for good, to record."""
         final: list[Failure] = []
         for batch in self._leases.of(slave):
             self._leases.remove(batch)
-            verdict = self.policy.after_death(batch, started, known_at)
+            verdict = self.policy.after_death(batch, started, seen)
             if isinstance(verdict, Spare):
                 batch.spared = True
                 self._again.push(batch)

@@ -109,9 +109,10 @@ class Master:
         self._resources.append(self.sock)
         key, epoch = signing_key(cfg.secret), p.new_epoch()
         self.handout = Handout(self.ledger, self.registry, self.checkpointer, self.sock.send,
-                               p.Seal(key, epoch), stop=self.stop, room_freed=self._room_freed)
+                               p.Seal(key, epoch), stop=self.stop, room_freed=self._room_freed,
+                               max_message_bytes=cfg.max_message_bytes)
         self.exchange = Exchange(self.ledger, self.registry, self.handout, self.checkpointer,
-                                 key=key, epoch=epoch, lease_timeout_s=cfg.lease_timeout_s)
+                                 key=key, epoch=epoch)
         log.info("master listening on %s (%s)", self.sock.address, cfg.security)
         return self.sock.address
 
@@ -182,7 +183,18 @@ class Master:
         self._check_complete()
 
     def _room_freed(self) -> None:
-        self.feeder.allow(self.ledger.room())
+        self.feeder.allow(self._room())
+
+    def _room(self) -> int:
+        """How many more jobs the stream may add: the buffer's room in jobs and, by the size
+        of a job as far as it is known, in bytes (buffered and leased jobs both count)."""
+        ledger = self.ledger
+        held = ledger.buffered + ledger.requeued + ledger.leased + ledger.recording
+        job_bytes = max(self.feeder.job_bytes, self.handout.job_size.bytes)
+        # Before any job's size is known, one job, to learn it; and never less than one job
+        # at a time, however big.
+        fits = max(1, int(self.cfg.max_buffer_bytes // job_bytes)) if job_bytes else 1
+        return min(ledger.room(), fits - held)
 
     def _receive(self) -> None:
         while True:

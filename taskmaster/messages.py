@@ -12,12 +12,13 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .config import MAX_ERROR_CHARS, MAX_HOST_CHARS, MAX_NAME_CHARS
+from .config import DEFAULT_MAX_MESSAGE_BYTES, MAX_ERROR_CHARS, MAX_HOST_CHARS, MAX_NAME_CHARS
 
 READY = b"READY"
 ACK = b"ACK"
 HEARTBEAT = b"HB"
 BYE = b"BYE"
+GONE = b"GONE"
 WELCOME = b"WELCOME"
 JOBS = b"JOBS"
 PING = b"PING"
@@ -57,7 +58,8 @@ class JobError:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """Slave to master, answering a WELCOME: "I am in; I hold up to ``window`` jobs"."""
+    """Slave to master, answering a WELCOME: "I am in; I hold up to ``window`` jobs, and take
+    messages of up to ``max_bytes``"."""
 
     KIND: ClassVar[bytes] = READY
     session: int
@@ -65,15 +67,17 @@ class Ready:
     concurrency: int
     host: str
     pid: int
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def body(self) -> Any:
-        return [self.session, self.window, self.concurrency, self.host, self.pid]
+        return [self.session, self.window, self.concurrency, self.host, self.pid,
+                self.max_bytes]
 
     @classmethod
     def parse(cls, body: Any) -> Ready:
-        session, window, concurrency, host, pid = _fields(body, 5, "READY")
+        session, window, concurrency, host, pid, max_bytes = _fields(body, 6, "READY")
         return cls(_count(session), _count(window), _count(concurrency),
-                   _text(host, MAX_HOST_CHARS), _count(pid))
+                   _text(host, MAX_HOST_CHARS), _count(pid), _count(max_bytes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,11 @@ class Heartbeat:
     welcomed). It names its slave because it comes from a second socket, and says which
     (``beat``: the heartbeat thread's), so that one captured from either cannot be replayed as
     from the other; ``nonce`` is what a WELCOME must echo. ``held`` and ``started`` are the
-    batch ids the slave holds and has begun, or None in a knock."""
+    batch ids the slave holds and has begun, or None in a knock. ``seen`` is the counter of
+    the last message the slave's own socket received from the master, ``sent`` that of the
+    last it sent: the master judges what ``held`` leaves out only once it has read all the
+    slave sent before, and only for batches it sent before the slave's ``seen`` (a heartbeat
+    read late, after a pause of the master's, says nothing of batches sent since)."""
 
     KIND: ClassVar[bytes] = HEARTBEAT
     slave: str
@@ -123,18 +131,20 @@ class Heartbeat:
     held: frozenset[int] | None = None
     started: frozenset[int] | None = None
     beat: bool = False
+    seen: int = 0
+    sent: int = 0
 
     def body(self) -> Any:
         return [self.slave, self.nonce, _as_list(self.held), _as_list(self.started),
-                self.beat]
+                self.beat, self.seen, self.sent]
 
     @classmethod
     def parse(cls, body: Any) -> Heartbeat:
-        slave, nonce, held, started, beat = _fields(body, 5, "HB")
+        slave, nonce, held, started, beat, seen, sent = _fields(body, 7, "HB")
         if type(beat) is not bool:
             raise ProtocolError("HB: expected a flag")
         return cls(_text(slave, MAX_NAME_CHARS), _text(nonce, MAX_NAME_CHARS), _ids(held),
-                   _ids(started), beat)
+                   _ids(started), beat, _count(seen), _count(sent))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +160,36 @@ class Bye:
     @classmethod
     def parse(cls, body: Any) -> Bye:
         return cls(tuple(_count(bid) for bid in _list(body, "BYE")))
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """To the master, from a slave's supervisor or the slave's own watchdog: that slave is
+    gone now, do not wait out its silence. ``code`` is how its process ended (None while it
+    is being replaced); ``timed_out``, when set, is the job whose --job-timeout made its
+    watchdog replace it: (batch id, index in the batch, the error)."""
+
+    KIND: ClassVar[bytes] = GONE
+    slave: str
+    code: int | None = None
+    timed_out: tuple[int, int, JobError] | None = None
+
+    def body(self) -> Any:
+        timed_out = self.timed_out
+        return [self.slave, self.code,
+                None if timed_out is None else [timed_out[0], timed_out[1],
+                                                timed_out[2].to_wire()]]
+
+    @classmethod
+    def parse(cls, body: Any) -> Gone:
+        slave, code, timed_out = _fields(body, 3, "GONE")
+        if code is not None and (type(code) is not int or not -256 < code < 256):
+            raise ProtocolError("GONE: expected an exit status")
+        job = None
+        if timed_out is not None:
+            bid, index, error = _fields(timed_out, 3, "GONE job")
+            job = (_count(bid), _count(index), JobError.from_wire(error))
+        return cls(_text(slave, MAX_NAME_CHARS), code, job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +279,9 @@ class Done:
                    None if nonce is None else _text(nonce, MAX_NAME_CHARS))
 
 
-Message = Ready | Ack | Heartbeat | Bye | Welcome | Jobs | Ping | Stop | Done
-TYPES: dict[bytes, Any] = {t.KIND: t for t in (Ready, Ack, Heartbeat, Bye, Welcome, Jobs, Ping,
-                                                Stop, Done)}
+Message = Ready | Ack | Heartbeat | Bye | Gone | Welcome | Jobs | Ping | Stop | Done
+TYPES: dict[bytes, Any] = {t.KIND: t for t in (Ready, Ack, Heartbeat, Bye, Gone, Welcome, Jobs,
+                                                Ping, Stop, Done)}
 """Each kind's message class."""
 
 

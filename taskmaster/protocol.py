@@ -36,6 +36,7 @@ from .messages import (
     ACK,
     BYE,
     DONE,
+    GONE,
     HEARTBEAT,
     JOBS,
     MOST_COUNT,
@@ -48,6 +49,7 @@ from .messages import (
     BatchDone,
     Bye,
     Done,
+    Gone,
     Heartbeat,
     JobError,
     Jobs,
@@ -60,13 +62,13 @@ from .messages import (
 )
 
 __all__ = [  # the messages are part of the contract: protocol.Ready, protocol.JobError, ...
-    "ACK", "BYE", "DONE", "HEARTBEAT", "JOBS", "MOST_COUNT", "PING", "READY", "STOP",
-    "WELCOME", "Ack", "BatchDone", "Bye", "Done", "Envelope", "Heartbeat", "JobError", "Jobs",
-    "Message", "Ping", "ProtocolError", "Ready", "Seal", "Stop", "Welcome", "decode", "encode",
-    "new_epoch", "pack", "unpack",
+    "ACK", "BYE", "DONE", "GONE", "HEARTBEAT", "JOBS", "MOST_COUNT", "PING", "READY", "STOP",
+    "WELCOME", "Ack", "BatchDone", "Bye", "Done", "Envelope", "Gone", "Heartbeat", "JobError",
+    "Jobs", "Message", "Ping", "ProtocolError", "Ready", "Seal", "Stop", "Welcome", "decode",
+    "encode", "new_epoch", "pack", "unpack",
 ]
 
-SLAVE_KINDS = frozenset({READY, ACK, HEARTBEAT, BYE})
+SLAVE_KINDS = frozenset({READY, ACK, HEARTBEAT, BYE, GONE})
 """What a master accepts."""
 MASTER_KINDS = frozenset({WELCOME, JOBS, PING, STOP, DONE})
 """What a slave accepts."""
@@ -168,6 +170,11 @@ class Seal:
         self.key = key
         self.epoch = epoch
         self._counter = 0
+
+    @property
+    def counter(self) -> int:
+        """The counter of the last message sealed."""
+        return self._counter
 
     def __call__(self, message: Message) -> list[bytes]:
         self._counter += 1

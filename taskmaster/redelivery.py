@@ -62,10 +62,10 @@ class Redelivery:
         return Retry(now + backoff_s(attempts))
 
     def after_death(self, batch: Batch, started: frozenset[int] | None,
-                    known_at: float) -> Spare | Retry | GiveUp:
-        """``batch``'s slave died; ``started`` is what it last reported having begun (at
-        ``known_at``), None when it never reported."""
-        if (started is not None and batch.bid not in started and batch.leased_at < known_at
+                    seen: int) -> Spare | Retry | GiveUp:
+        """``batch``'s slave died; ``started`` is what it last reported having begun, having
+        received our messages up to the counter ``seen``; None when it never reported."""
+        if (started is not None and batch.bid not in started and 0 < batch.sent <= seen
                 and not batch.spared and not batch.deaths):
             return Spare()
         deaths = batch.deaths + 1

@@ -29,10 +29,15 @@ class SlaveInfo:
     window: int = 0
     """Jobs the slave asks to hold at once (it measures how many keep it busy)."""
     last_seen: float = field(default_factory=time.monotonic)
+    max_bytes: int = 0
+    """The largest message it takes."""
     leaving: bool = False
     started: frozenset[int] | None = None
-    """Batches the slave said it had started, in its last heartbeat (at ``reported_at``)."""
-    reported_at: float = 0.0
+    """Batches the slave said it had started, in its last heartbeat, having received our
+    messages up to the counter ``started_seen``."""
+    started_seen: int = 0
+    last_counter: int = 0
+    """The counter of the last message read from its own socket."""
 
     @property
     def name(self) -> str:
@@ -102,7 +107,7 @@ class Registry:
     def join(self, ident: bytes, ready: Ready, now: float) -> SlaveInfo:
         """Make ``ident`` a member, as its READY describes it."""
         slave = self.slaves[ident] = SlaveInfo(ident, ready.host, ready.pid, ready.concurrency,
-                                               last_seen=now)
+                                               last_seen=now, max_bytes=ready.max_bytes)
         return slave
 
     def forget(self, ident: bytes) -> None:

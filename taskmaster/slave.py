@@ -24,7 +24,6 @@ from .config import (
     HEARTBEAT_INTERVAL_S,
     JOIN_FAST_S,
     JOIN_RETRY_S,
-    MAX_MESSAGE_BYTES,
     PROGRESS_LOG_INTERVAL_S,
     SLAVE_STOP_WAIT_S,
     SLAVE_WAKE_S,
@@ -74,7 +73,8 @@ class Slave:
 
     def run(self) -> int:
         """Work until the master says the run is done, a signal, or the master is gone."""
-        self.sock = SlaveSocket(self.cfg.address, self.ident, self.curve)
+        self.sock = SlaveSocket(self.cfg.address, self.ident, self.curve,
+                                max_bytes=self.cfg.max_message_bytes)
         stop_beats = start_heartbeat_thread(self.cfg.address, self.ident, self._heartbeat_frames,
                                             HEARTBEAT_INTERVAL_S, self.curve)
         self.pool.start(self._crashed)
@@ -163,7 +163,7 @@ class Slave:
     def _handle(self, frames: list[bytes]) -> None:
         try:
             envelope = p.decode(frames, key=self.key, kinds=p.MASTER_KINDS,
-                                max_bytes=MAX_MESSAGE_BYTES)
+                                max_bytes=self.cfg.max_message_bytes)
         except p.ProtocolError as e:
             log.warning("dropped a message from the master: %s", e)
             return
@@ -206,7 +206,7 @@ class Slave:
         self._master_counter = envelope.counter
         self.holdings.forget(p.NO_EPOCH)  # no master's epoch: their batches go unacknowledged
         self._send(p.Ready(self.session, self._window(), self.cfg.concurrency, self.host,
-                           os.getpid()))
+                           os.getpid(), self.cfg.max_message_bytes))
 
     # -- work done -------------------------------------------------------------------------
 
@@ -235,8 +235,10 @@ class Slave:
 
     def _knock(self, held: frozenset[int] | None = None,
                started: frozenset[int] | None = None, beat: bool = False) -> p.Heartbeat:
+        # `sent` before `seen`: what the master has read from us, and we from it, only grows.
+        sent = self.seal.counter
         return p.Heartbeat(self.ident.decode("utf-8", "surrogateescape"), self.nonce, held,
-                           started, beat)
+                           started, beat, self._master_counter, sent)
 
     def _heartbeat_frames(self) -> list[bytes]:
         # Runs on the heartbeat thread: reads attributes, and advances only its own counter.

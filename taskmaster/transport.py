@@ -86,7 +86,8 @@ class MasterSocket:
 class SlaveSocket:
     """A slave's DEALER socket: connects (and reconnects by itself) to the master."""
 
-    def __init__(self, address: str, identity: bytes, curve: Curve | None = None) -> None:
+    def __init__(self, address: str, identity: bytes, curve: Curve | None = None,
+                 max_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._ctx = gzmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._inbox: gevent.queue.Queue[list[bytes] | None] = gevent.queue.Queue()
@@ -101,7 +102,7 @@ class SlaveSocket:
         self._sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_FIRST_MS)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES + MESSAGE_SLACK_BYTES)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_bytes + MESSAGE_SLACK_BYTES)
         try:
             self._sock.connect(address)
         except zmq.ZMQError as e:

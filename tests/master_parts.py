@@ -47,7 +47,7 @@ class Parts:
     """A master's parts over a `Wire`, with ``jobs`` jobs fed and the stream ended."""
 
     def __init__(self, tmp_path: Path, *, jobs: int = 10, secret: bytes | None = None,
-                 max_retries: int = 1, max_deaths: int = 3, lease_timeout_s: float = 30.0,
+                 max_retries: int = 1, max_deaths: int = 3,
                  size: int | None = None) -> None:
         self.key = signing_key(secret)
         self.epoch = p.new_epoch()
@@ -63,8 +63,7 @@ class Parts:
                                p.Seal(self.key, self.epoch), stop=self.stops.append,
                                room_freed=lambda: None)
         self.exchange = Exchange(self.ledger, self.registry, self.handout, self.checkpointer,
-                                 key=self.key, epoch=self.epoch,
-                                 lease_timeout_s=lease_timeout_s)
+                                 key=self.key, epoch=self.epoch)
         self._counters: dict[bytes, itertools.count[int]] = {}
 
     def frames(self, sender: bytes, message: p.Message, *, epoch: bytes | None = None,

@@ -176,26 +176,43 @@ def test_backoff_doubles_and_caps() -> None:
     assert backoff_s(100) == backoff_s(200)
 
 
-def test_leases_a_live_slave_does_not_hold_are_reclaimed_once_old_enough() -> None:
+def sent(ledger: Ledger, slave: bytes, batches: list[Batch], first: int = 1) -> None:
+    """The batches went out in messages with counters first, first + 1, ..."""
+    for counter, batch in enumerate(batches, first):
+        ledger.sent(slave, batch.bid, counter)
+
+
+def test_leases_a_live_slave_does_not_hold_are_reclaimed_once_it_must_have_them() -> None:
     ledger = fed(30)
     first, second, third = take(ledger, A, 30, max_batch=10)
-    assert ledger.reclaim(A, frozenset({first.bid}), leased_before=0) == 0  # too recent
-    assert ledger.reclaim(A, frozenset({first.bid, third.bid}), leased_before=5) == 10
+    sent(ledger, A, [first, second, third])  # counters 1, 2, 3
+    # It has seen our messages up to 1 only: the later two may still be on their way.
+    assert ledger.reclaim(A, frozenset({first.bid}), seen=1) == 0
+    # It has seen 3, yet holds neither the second nor the third: those were lost.
+    assert ledger.reclaim(A, frozenset({first.bid, third.bid}), seen=3) == 10
     (again,) = take(ledger, B, 10, now=6)
     assert again.start == second.start and not again.isolate
     assert ledger.ack(A, second.bid, (), now=6) == [] and ledger.stats.stale_acks == 1
 
 
+def test_a_lease_never_sent_is_not_reclaimed() -> None:
+    ledger = fed(10)
+    take(ledger, A, 10)
+    assert ledger.reclaim(A, frozenset(), seen=100) == 0
+
+
 def test_batches_a_dead_slave_never_started_are_spared_once() -> None:
     ledger = fed(30)
-    first, _, _ = take(ledger, A, 30, max_batch=10)
-    # A reported (at time 1) that it had started only the first batch, then died.
-    assert ledger.lose(A, started=frozenset({first.bid}), known_at=1) == []
+    batches = take(ledger, A, 30, max_batch=10)
+    sent(ledger, A, batches)
+    # A reported, having seen all three, that it had started only the first, then died.
+    assert ledger.lose(A, started=frozenset({batches[0].bid}), seen=3) == []
     out = take(ledger, B, 30, now=2)
     assert [(b.start, len(b.jobs), b.isolate) for b in out] == [(0, 1, True), (10, 10, False),
                                                                (20, 10, False)]
     # Spared once: if B dies before starting them too, they are charged this time.
-    ledger.lose(B, started=frozenset(), known_at=3)
+    sent(ledger, B, out, first=4)
+    ledger.lose(B, started=frozenset(), seen=10)
     assert all(b.isolate for b in take(ledger, A, 100, now=4))
 
 
@@ -231,7 +248,8 @@ def test_the_books_balance_through_every_kind_of_event() -> None:
     first, second, third, _ = take(ledger, A, 40, max_batch=10)
     ledger.ack(A, first.bid, ((3, ERR),), now=0)  # a retry
     ledger.hand_back(A, [second.bid])
-    settled = ledger.lose(A, started=frozenset({third.bid}), known_at=1)  # spared or failed
+    sent(ledger, A, [third])
+    settled = ledger.lose(A, started=frozenset({third.bid}), seen=1)  # spared or failed
     assert unsettled(ledger) + ledger.stats.finished + ledger.stats.failed == 50
     ledger.settle(settled)
     assert unsettled(ledger) + ledger.stats.finished + ledger.stats.failed == 50
@@ -249,13 +267,15 @@ def test_policy_retries_with_backoff_then_gives_up() -> None:
 
 def test_policy_spares_an_unstarted_batch_once_and_charges_deaths() -> None:
     policy = Redelivery(max_retries=2, max_deaths=2)
-    batch = Batch(7, 0, [1, 2], leased_at=1.0)
-    assert policy.after_death(batch, frozenset(), known_at=2.0) == Spare()
-    assert policy.after_death(batch, frozenset({7}), known_at=2.0) == Retry()  # started
-    assert policy.after_death(batch, frozenset(), known_at=0.5) == Retry()  # report too old
-    assert policy.after_death(batch, None, known_at=2.0) == Retry()  # never reported
+    batch = Batch(7, 0, [1, 2], sent=5)
+    assert policy.after_death(batch, frozenset(), seen=5) == Spare()
+    assert policy.after_death(batch, frozenset({7}), seen=5) == Retry()  # started
+    # The report was made before the batch arrived: it says nothing of it.
+    assert policy.after_death(batch, frozenset(), seen=4) == Retry()
+    assert policy.after_death(batch, None, seen=5) == Retry()  # never reported
+    assert policy.after_death(Batch(7, 0, [1, 2]), frozenset(), seen=5) == Retry()  # unsent
     batch.spared = True
-    assert policy.after_death(batch, frozenset(), known_at=2.0) == Retry()  # spared before
+    assert policy.after_death(batch, frozenset(), seen=5) == Retry()  # spared before
     batch.deaths = 1
     verdict = policy.after_death(batch, None, 0)
     assert isinstance(verdict, GiveUp) and verdict.error.type == "SlaveDied"

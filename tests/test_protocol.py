@@ -19,11 +19,13 @@ KEY = b"k" * 32
 ERR = p.JobError("ValueError", "bad", "Traceback ...")
 
 MESSAGES: list[p.Message] = [
-    p.Ready(1, 200, 10, "host", 4242),
+    p.Ready(1, 200, 10, "host", 4242, 1 << 20),
     p.Ack((p.BatchDone(7), p.BatchDone(8, ((0, ERR), (3, ERR)))), 50),
     p.Heartbeat("host:1:abc", "nonce"),
-    p.Heartbeat("host:1:abc", "nonce", frozenset({1, 2}), frozenset({2})),
+    p.Heartbeat("host:1:abc", "nonce", frozenset({1, 2}), frozenset({2}), True, 12, 30),
     p.Bye((4, 5)),
+    p.Gone("host:1:abc", -9),
+    p.Gone("host:1:abc", None, (7, 3, ERR)),
     p.Welcome(3, "nonce"),
     p.Jobs(9, [0, "", {}, None], True),
     p.Ping(),
@@ -99,22 +101,29 @@ def test_only_the_expected_direction_is_accepted() -> None:
 
 
 @pytest.mark.parametrize(("kind", "body"), [
-    (p.READY, [1, 2, 3, "h"]),  # a field missing
-    (p.READY, [1, 2, 3, "h", 4, 5]),  # one too many
-    (p.READY, [1, float("inf"), 3, "h", 4]),  # JSON allows it, a count must not
-    (p.READY, [1, -1, 3, "h", 4]),
-    (p.READY, [True, 2, 3, "h", 4]),  # bool is an int to isinstance()
-    (p.READY, [1, 2, 3, 17, 4]),  # host not text
-    (p.READY, [1, 2**70, 3, "h", 4]),
+    (p.READY, [1, 2, 3, "h", 4]),  # a field missing
+    (p.READY, [1, 2, 3, "h", 4, 5, 6]),  # one too many
+    (p.READY, [1, float("inf"), 3, "h", 4, 5]),  # JSON allows it, a count must not
+    (p.READY, [1, -1, 3, "h", 4, 5]),
+    (p.READY, [True, 2, 3, "h", 4, 5]),  # bool is an int to isinstance()
+    (p.READY, [1, 2, 3, 17, 4, 5]),  # host not text
+    (p.READY, [1, 2**70, 3, "h", 4, 5]),
     (p.ACK, {"done": [], "window": 1}),
     (p.ACK, [[[1, [[0, ["E", "m"]]]]], 1]),  # an error of two fields
     (p.ACK, [[[1, [[0, {"type": "E"}]]]], 1]),
     (p.ACK, [[[1, [[-1, ["E", "m", "t"]]]]], 1]),
     (p.ACK, [[[1, 0]], 1]),  # failures not a list
     (p.ACK, [[1], 1]),
-    (p.HEARTBEAT, ["s", "n", [1, "2"], None]),
-    (p.HEARTBEAT, ["s", "n", 5, None]),
-    (p.HEARTBEAT, [["s"], "n", None, None]),
+    (p.HEARTBEAT, ["s", "n", [1, "2"], None, False, 0, 0]),
+    (p.HEARTBEAT, ["s", "n", 5, None, False, 0, 0]),
+    (p.HEARTBEAT, [["s"], "n", None, None, False, 0, 0]),
+    (p.HEARTBEAT, ["s", "n", None, None, 0, 0, 0]),  # the flag not a bool
+    (p.HEARTBEAT, ["s", "n", None, None, False, -1, 0]),
+    (p.HEARTBEAT, ["s", "n", None, None, False, 0]),
+    (p.GONE, ["s", 1.5, None]),
+    (p.GONE, ["s", 300, None]),
+    (p.GONE, ["s", None, [1, 2]]),
+    (p.GONE, ["s", None, [1, -2, ["E", "m", "t"]]]),
     (p.BYE, [1, 2.5]),
     (p.BYE, {"a": 1}),
     (p.WELCOME, [1, 2]),
@@ -244,12 +253,12 @@ def test_json_bodies_are_compact() -> None:
 
 LONE = "\ud800"  # JSON may carry it ("\\ud800"); no UTF-8 encoding takes it
 TEXT_FIELDS = [
-    (p.READY, [1, 2, 3, LONE, 4]),
+    (p.READY, [1, 2, 3, LONE, 4, 5]),
     (p.ACK, [[[1, [[0, [LONE, "m", "t"]]]]], 1]),
     (p.ACK, [[[1, [[0, ["E", LONE, "t"]]]]], 1]),
     (p.ACK, [[[1, [[0, ["E", "m", LONE]]]]], 1]),
-    (p.HEARTBEAT, [LONE, "n", None, None, False]),
-    (p.HEARTBEAT, ["s", LONE, None, None, False]),
+    (p.HEARTBEAT, [LONE, "n", None, None, False, 0, 0]),
+    (p.HEARTBEAT, ["s", LONE, None, None, False, 0, 0]),
     (p.WELCOME, [1, LONE]),
     (p.DONE, [1, 2, LONE]),
 ]
