@@ -65,6 +65,8 @@ DROP_LOG_INTERVAL_S = 10.0
 """Least time between two log lines about dropped messages: a flood must not flood the log."""
 WELCOME_REPEAT_S = 0.5
 """Least time between two WELCOMEs to one slave: knocks are not answered more often."""
+DISK_TROUBLE_LOG_INTERVAL_S = 60.0
+"""While a file cannot be written, how often the master says so again."""
 MAX_TRACKED_SENDERS = 100_000
 """Bound on the replay counters and pending welcomes kept per sender identity."""
 

@@ -60,6 +60,11 @@ class Handout:
         """Lease ``slave`` what it may hold now, and send it."""
         if slave.leaving or self.closed:
             return
+        if self.checkpointer.blocked:
+            # A file cannot be written: nothing new goes out until it can (the master offers
+            # work to those waiting when it can again).
+            self.registry.waiting.add(slave.ident)
+            return
         lease = lease_for(slave.window, self.ledger.held_by(slave.ident), slave.concurrency,
                           self.job_size.bytes)
         credit = lease.credit

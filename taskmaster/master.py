@@ -89,6 +89,7 @@ class Master:
             log.warning("run already complete (%d finished, %d failed), per %s; --reset "
                         "starts it over", cp.finished, cp.failed, self.cfg.state_path)
             return Outcome(cp.finished, cp.failed, already_complete=True)
+        self.checkpointer.check()
         log.info("state file: %s%s", self.cfg.state_path,
                  f" (resuming at job #{cp.resume_seq}: {safe_repr(cp.last_job, 80)})"
                  if cp is not None and cp.has_last else "")
@@ -132,15 +133,18 @@ class Master:
             # After a bug of ours, no wait for leases (the greenlet reading acknowledgements
             # may be the one that died) and no checkpoint (the ledger may be wrong): the last
             # periodic one is the safe one.
+            saved = False
             if not isinstance(self._error, InternalError):
                 if self.signals.requested is not None or self._error is not None:
                     self._drain()
-                self.checkpointer.save(self.ledger, force=True)
+                self.checkpointer.retry(self.ledger)
+                saved = self.checkpointer.save(self.ledger, force=True)
         self.progress.close()
         outcome = Outcome(*self._totals(), signal=self.signals.requested, error=self._error)
         report_end(outcome, self.ledger.stats, dropped=self.exchange.dropped,
                    elapsed_s=time.monotonic() - self.started,
-                   failures_path=self.cfg.failures_path)
+                   failures_path=self.cfg.failures_path, saved=saved,
+                   on_disk=self.checkpointer.on_disk)
         return outcome
 
     def farewell(self, until: Callable[[], bool] = lambda: True) -> None:
@@ -208,7 +212,7 @@ class Master:
 
     def _tick(self) -> None:
         steps = (self._watch_slaves, _every(HEARTBEAT_INTERVAL_S, self._ping),
-                 self._serve_waiting,
+                 self._mind_the_disk, self._serve_waiting,
                  _every(CHECKPOINT_INTERVAL_S, self._save_checkpoint), self._show_progress)
         while True:
             gevent.sleep(MASTER_TICK_S)
@@ -229,9 +233,15 @@ class Master:
     def _ping(self, now: float) -> None:
         self.handout.broadcast(p.Ping())
 
+    def _mind_the_disk(self, now: float) -> None:
+        if self.checkpointer.blocked:
+            self.checkpointer.retry(self.ledger)
+            self._check_complete()
+
     def _serve_waiting(self, now: float) -> None:
-        # Retries come due with time, not with a message: someone has to look.
-        if self.registry.waiting and self.ledger.has_work():
+        # Retries come due with time, not with a message, and a disk makes room again: someone
+        # has to look.
+        if self.registry.waiting and self.ledger.has_work() and not self.checkpointer.blocked:
             self.handout.serve_waiting()
 
     def _save_checkpoint(self, now: float) -> None:

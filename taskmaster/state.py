@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import logging
@@ -14,7 +15,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .errors import StateError
 from .ledger import Failure
@@ -73,8 +74,8 @@ def safe_repr(value: Any, limit: int = 500) -> str:
 def check_identity(cp: Checkpoint, identity: dict[str, Any], path: Path) -> None:
     """Refuse a state file written by another run (another target or other KEY=VALUEs)."""
     theirs = cp.identity
-    if not theirs:
-        return  # written before runs recorded who they are
+    if not theirs or not (cp.has_last or cp.finished or cp.failed or cp.complete):
+        return  # written before runs recorded who they are, or by one that did nothing
     differs = [key for key in sorted(set(theirs) | set(identity))
                if theirs.get(key) != identity.get(key)]
     if differs:
@@ -108,29 +109,44 @@ class StateFile:
 
     def lock(self) -> None:
         """Take the run's lock, or raise StateError naming who holds it."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise StateError(f"cannot open {self._lock_path}: {e.strerror}; "
-                             "choose a writable --state-file") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        if not self.path.parent.is_dir():
+            raise StateError(f"cannot use state file {self.path}: its directory does not "
+                             "exist; create it, or choose another --state-file")
+        while True:
+            try:
+                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise StateError(f"cannot create {self._lock_path}: {e.strerror}; choose a "
+                                 "writable place for --state-file") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = (os.pread(fd, 200, 0).decode(errors="replace").strip()
+                          or "another process")
+                os.close(fd)
+                raise StateError(
+                    f"state file {self.path} is in use by another master ({holder}); "
+                    "stop that master, or give this run its own --state-file") from None
+            # The master that held it may have unlinked it between our open and our lock (it
+            # does, as it lets go): then this is no longer the lock file; take the new one.
+            try:
+                if os.stat(self._lock_path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise StateError(
-                f"state file {self.path} is in use by another master ({holder}); "
-                "stop that master, or give this run its own --state-file"
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._lock_fd = fd
         _LOCKED.add(self)
 
     def unlock(self) -> None:
+        """Let go of the lock, leaving no lock file behind."""
         if self._lock_fd is not None:
-            # The lock file stays: unlinking it would race with a master taking it right now.
+            # Unlinked while still held: a master that opened it meanwhile sees, once it has
+            # the lock, that the file is gone, and takes a new one.
+            with contextlib.suppress(OSError):
+                os.unlink(self._lock_path)
             os.close(self._lock_fd)
             self._lock_fd = None
             _LOCKED.discard(self)
@@ -161,11 +177,17 @@ class StateFile:
         data["last_repr"] = safe_repr(cp.last_job) if cp.has_last else None
         data["updated"] = time.time()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError:
+            # A full disk, say: no half-written file left beside the old one, which stands.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         _fsync_dir(self.path.parent)
 
     def remove(self) -> None:
@@ -228,16 +250,27 @@ class FailureLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
+
+    def check(self) -> None:
+        """Make sure records can be written here (a missing directory, a directory in the
+        file's place, a read-only place are StateErrors), leaving no empty file behind."""
+        existed = self.path.exists()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StateError(f"cannot write failures file {self.path}: {e.strerror}; choose "
+                             "another --failures-file") from None
+        os.close(fd)
+        if not existed:
+            self.path.unlink()
 
     def record(self, failures: list[Failure]) -> None:
-        """Append the records and fsync them; raises OSError when the disk will not take them."""
+        """Append the records and fsync them, all or none: raises OSError when the disk will
+        not take them (the file is then as it was, and opened anew at the next try)."""
         if not failures:
             return
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
-        self._file.write("".join(json.dumps({
+        data = "".join(json.dumps({
             "seq": f.origin,
             "job_repr": safe_repr(f.job),
             "job": encode_job(f.job),
@@ -247,14 +280,27 @@ class FailureLog:
             "attempts": f.attempts,
             "slave": (f.slave or b"").decode(errors="replace"),
             "time": time.time(),
-        }) + "\n" for f in failures))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        }) + "\n" for f in failures).encode()
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd, size = self._fd, os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            # Not one torn record at the end: the file as it was (a shorter file needs no
+            # room), and the records written again, whole, once the disk takes them.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            self.close()
+            raise
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def read_failures(path: Path) -> Iterator[tuple[int, Any]]:

@@ -485,10 +485,11 @@ def test_a_failure_record_keeps_the_jobs_sequence_number_in_the_run_it_came_from
 
 
 @pytest.mark.parametrize("blocker", ["path-is-a-directory", "parent-is-a-file"])
-def test_an_ack_whose_failure_records_cannot_be_written_raises_and_leaves_the_job_unsettled(
+def test_failure_records_that_cannot_be_written_pause_the_run_until_they_can(
         tmp_path: Path, blocker: str) -> None:
-    """The intended behaviour for now: the OSError escapes the ACK handler (the master
-    stops), and the job is not settled, so no checkpoint passes it."""
+    """A job is settled only once its record is written: until then it holds the resume
+    point, nothing new goes out (the run is paused), and the write is tried again; once the
+    file can be written the records land, whole and once, and the run goes on by itself."""
     failures = tmp_path / "a-file" / "run.failures.jsonl"
     parts = Rig(tmp_path, jobs=10, secret=SECRET, max_retries=0, failures_path=failures)
     first, *_ = join_at(parts, SLAVE, 5, T0)
@@ -497,21 +498,35 @@ def test_an_ack_whose_failure_records_cannot_be_written_raises_and_leaves_the_jo
         failures.mkdir(parents=True)
     else:
         failures.parent.write_text("not a directory")
-    frames = parts.frames(SLAVE, ack(done(first.bid, 2), window=5))
-    with pytest.raises(OSError):
-        parts.exchange.handle(SLAVE, frames, T0 + 1)
-    ledger = parts.ledger
+    # The slave finished the batch, job 2 failing: an acknowledgement tops it up, normally.
+    answer = deliver(parts, SLAVE, ack(done(first.bid, 2), window=5), T0 + 1)
+    assert jobs_to(answer, SLAVE) == [], "work went out while its failure could not be recorded"
+    ledger, ck = parts.ledger, parts.checkpointer
+    assert ck.blocked and failures in ck.trouble
     assert ledger.recording == 1, "the failed job is neither settled nor forgotten"
     assert (ledger.stats.failed, ledger.stats.finished) == (0, 4)
-    assert parts.checkpointer.failed(ledger) == 0
-    assert not ledger.complete
-    cp = parts.checkpointer.build(ledger)
+    assert ck.failed(ledger) == 0 and not ledger.complete
+    cp = ck.build(ledger)
     assert (cp.resume_seq, cp.last_job, cp.has_last) == (2, 2, True), \
         "the resume point went past a job that is not recorded"
-    assert parts.checkpointer.save(ledger)
+    assert ck.save(ledger)
     loaded = parts.state.load()
     assert loaded is not None and loaded.resume_seq == 2
-    assert parts.unsettled() + ledger.stats.finished == 10
+    ck.retry(ledger)  # the tick tries again: still no good
+    assert ck.blocked and ledger.recording == 1 and SLAVE in parts.registry.waiting
+
+    # The user makes room: the next try writes the record, the run goes on.
+    if blocker == "path-is-a-directory":
+        failures.rmdir()
+    else:
+        failures.parent.unlink()
+        failures.parent.mkdir()
+    ck.retry(ledger)
+    assert not ck.blocked and ledger.recording == 0 and ledger.stats.failed == 1
+    assert [json.loads(line)["seq"] for line in failures.read_text().splitlines()] == [2]
+    parts.handout.serve_waiting()
+    assert flat(jobs_to(parts.wire.messages(parts.key)[-1:], SLAVE)) == [5, 6, 7, 8, 9]
+    assert parts.unsettled() + ledger.stats.finished + ledger.stats.failed == 10
 
 
 def test_a_bye_hands_back_batches_that_go_to_a_waiting_slave(tmp_path: Path, t0: float) -> None:
