@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ from .config import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE_TIMEOUT_S,
+    DEFAULT_LINGER_S,
     DEFAULT_MASTER_TIMEOUT_S,
     DEFAULT_MAX_BUFFER_MB,
     DEFAULT_MAX_DEATHS,
@@ -32,7 +34,15 @@ from .config import (
     check_connectable,
     load_secret,
 )
-from .errors import EXIT_FAILED, ConfigError, Outcome, TaskmasterError, UserCodeError
+from .errors import (
+    EXIT_FAILED,
+    EXIT_REPLACE,
+    EXIT_SIGINT,
+    ConfigError,
+    Outcome,
+    TaskmasterError,
+    UserCodeError,
+)
 from .green import switch_on
 from .target import Target, parse_kwargs
 
@@ -96,6 +106,11 @@ def _slave_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="Seconds one handle_job call may take (counts as a failed attempt)."),
         _option("--no-monkey-patch", is_flag=True,
                 help="Do not let gevent patch the standard library in slaves."),
+        _option("--max-jobs-per-slave", "max_jobs", type=int, default=None,
+                envvar="TASKMASTER_MAX_JOBS_PER_SLAVE",
+                help="Jobs after which a slave makes way for a fresh process."),
+        _option("--max-memory", "max_memory", type=int, default=None,
+                help="Resident MB over which a slave makes way for a fresh process."),
     ]):
         f = opt(f)
     return f
@@ -117,6 +132,8 @@ def _master_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="Retries of a job whose handle_job raised."),
         _option("--max-deaths", type=int, default=DEFAULT_MAX_DEATHS,
                 help="Slave deaths a job may cause before it is recorded as failed."),
+        _option("--linger", type=float, default=DEFAULT_LINGER_S,
+                help="After the run, seconds to stay telling late slaves it is done."),
         _option("--stop-wait", type=float, default=DEFAULT_STOP_WAIT_S,
                 help="On SIGINT/SIGTERM, seconds to wait for leased jobs."),
         _option("--retry-failures", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -143,6 +160,10 @@ def _execute(name: str, body: Callable[[], int | Outcome]) -> NoReturn:
         log.debug("details", exc_info=True)
         click.echo(f"{name}: error: {e}", err=True)
         code = e.exit_code
+    except KeyboardInterrupt:
+        # Ctrl-C before the run began to listen for it (while loading, say): nothing ran.
+        click.echo(f"{name}: interrupted", err=True)
+        code = EXIT_SIGINT
     sys.exit(code)
 
 
@@ -166,7 +187,7 @@ def _master_config(target: str, pairs: tuple[str, ...], address: str, opts: dict
         max_retries=opts["max_retries"], max_deaths=opts["max_deaths"],
         stop_wait_s=opts["stop_wait"], retry_failures=opts["retry_failures"],
         max_message_bytes=opts["max_message_mb"] * MIB,
-        max_buffer_bytes=opts["max_buffer_mb"] * MIB,
+        max_buffer_bytes=opts["max_buffer_mb"] * MIB, linger_s=opts["linger"],
         progress=not no_progress, **_security(opts, secret))
 
 
@@ -176,6 +197,7 @@ def _slave_config(target: str, address: str, opts: dict[str, Any],
         target=Target.parse(target, "handle_job"), address=address,
         concurrency=opts["concurrency"], master_timeout_s=opts["master_timeout"],
         job_timeout_s=opts["job_timeout"], max_message_bytes=opts["max_message_mb"] * MIB,
+        max_jobs=opts["max_jobs"], max_memory_mb=opts["max_memory"],
         progress=not no_progress, **_security(opts, secret))
 
 
@@ -185,8 +207,10 @@ def _slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str)
     argv = ["--address", address, "--concurrency", str(opts["concurrency"]),
             "--master-timeout", str(opts["master_timeout"]), "--log-level", log_level,
             "--max-message-mb", str(opts["max_message_mb"]), "--no-progress"]
-    if opts["job_timeout"] is not None:
-        argv += ["--job-timeout", str(opts["job_timeout"])]
+    for option, key in (("--job-timeout", "job_timeout"), ("--max-jobs-per-slave", "max_jobs"),
+                        ("--max-memory", "max_memory")):
+        if opts[key] is not None:
+            argv += [option, str(opts[key])]
     if opts["no_monkey_patch"]:
         argv.append("--no-monkey-patch")
     # The secret itself never goes on a command line: a file's path, or the environment.
@@ -230,11 +254,26 @@ def slave(target: str, address: str, log_level: str, no_progress: bool, **opts: 
     _setup_logging(log_level)
 
     def body() -> int:
+        from .spawn import PARENT_ENV, TAG_ENV, die_with_parent
+
         cfg = _slave_config(target, check_connectable(address), opts, no_progress)
+        # Started by tm-spawn or tm-run: dies with it, and is replaced by it when it asks.
+        parent = os.environ.pop(PARENT_ENV, "")
+        if parent.isdigit():
+            die_with_parent(int(parent))
+        cfg = dataclasses.replace(cfg, tag=os.environ.pop(TAG_ENV, None) or None,
+                                  parent_pid=int(parent) if parent.isdigit() else None,
+                                  supervised=parent.isdigit())
         switch_on(not opts["no_monkey_patch"])
         from .slave import Slave
 
-        return Slave(cfg, _load(target, "handle_job")).run()
+        code = Slave(cfg, _load(target, "handle_job")).run()
+        if code == EXIT_REPLACE and not cfg.supervised:
+            # A slave of its own makes way for a fresh process by becoming one.
+            from .watchdog import end_process
+
+            end_process(code, supervised=False)
+        return code
 
     _execute("tm-slave", body)
 
@@ -252,11 +291,18 @@ def spawn(target: str, n: int, address: str, log_level: str, no_progress: bool,
 
     def body() -> int:
         # The target itself is loaded (and checked) by each slave.
-        _slave_config(target, check_connectable(address), opts, no_progress)
+        cfg = _slave_config(target, check_connectable(address), opts, no_progress)
         switch_on()
         from .spawn import Supervisor
+        from .transport import Notifier
 
-        return Supervisor(_slave_argv(target, address, opts, log_level), n).wait()
+        # Each death is told to the master at once, not after its silence.
+        notifier = Notifier(cfg.address, cfg.secret, cfg.curve_dir)
+        try:
+            return Supervisor(_slave_argv(target, address, opts, log_level), n,
+                              on_exit=notifier.gone).wait()
+        finally:
+            notifier.close()
 
     _execute("tm-spawn", body)
 
@@ -291,6 +337,11 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
         # another run, and is known before binding, so the slaves start (and spend their
         # start-up) while the master starts too.
         rundir = None if address else tempfile.mkdtemp(prefix="tm-run-")
+
+        def cleanup() -> None:
+            if rundir is not None:
+                shutil.rmtree(rundir, ignore_errors=True)
+
         try:
             cfg = _master_config(script, pairs, address or f"ipc://{rundir}/master", opts,
                                  no_progress, secret)
@@ -302,13 +353,12 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
             # A missing one is a usage error here, rather than N slaves that die at start.
             handle_job = _load(script, "handle_job")
             # An unpatched slave cannot be a fork of this patched process.
-            fork = None if opts["no_monkey_patch"] else (
-                lambda: _serve_as_slave(slave_cfg, handle_job))
-            return run_here(cfg, get_jobs, n, env=env, fork=fork,
+            fork = None if opts["no_monkey_patch"] else (lambda tag: _serve_as_slave(
+                dataclasses.replace(slave_cfg, tag=tag, supervised=True), handle_job))
+            return run_here(cfg, get_jobs, n, env=env, fork=fork, cleanup=cleanup,
                             slave_argv=lambda bound: _slave_argv(script, bound, opts, log_level))
         finally:
-            if rundir is not None:
-                shutil.rmtree(rundir, ignore_errors=True)
+            cleanup()
 
     _execute("tm-run", body)
 

@@ -26,6 +26,8 @@ DEFAULT_MASTER_TIMEOUT_S = 300.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_DEATHS = 3
 DEFAULT_STOP_WAIT_S = 30.0
+DEFAULT_LINGER_S = 3.0
+"""After a run completes, how long tm-master stays to tell late slaves so."""
 DEFAULT_MAX_MESSAGE_MB = 64
 DEFAULT_MAX_MESSAGE_BYTES = DEFAULT_MAX_MESSAGE_MB * 1024 * 1024
 """Largest JOBS message: a batch is cut to fit it, a job alone over it fails."""
@@ -111,6 +113,16 @@ ACK_DELAY_S = 0.1
 """Longest a slave with plenty of queued work holds back an acknowledgement, to send several in
 one message: each message wakes the master, and on a host with as many busy slaves as cores
 the master's turn is taken from a slave. A slave running low on work acknowledges at once."""
+JOB_TIMEOUT_GRACE_S = 1.0
+"""How long past --job-timeout a job that will not stop may run before its watchdog replaces
+the slave's process (one that yields is stopped at the limit itself)."""
+SLAVE_HARD_STOP_S = 5.0
+"""After a stop signal's SLAVE_STOP_WAIT_S, how long a slave whose jobs hold its loop gets
+before its watchdog makes it leave anyway."""
+MEMORY_CHECK_S = 0.5
+"""Between two looks at a slave's resident memory (for --max-memory)."""
+MASTER_WAIT_LOG_S = 10.0
+"""Between two lines of a slave that waits for a master."""
 RECONNECT_FIRST_MS = 100
 RECONNECT_MAX_MS = 4000
 """Reconnect quickly at first (a restarted master is back within a second), backing off to a
@@ -119,6 +131,9 @@ few seconds so that a long outage does not mean a storm of connection attempts."
 # -- supervision (tm-spawn, tm-run) ---------------------------------------------------------
 
 MAX_RESTARTS = 5
+"""Deaths in a row after which a slot is given up on."""
+RESTART_HEALTHY_S = 60.0
+"""A slave that ran this long before it died starts its count of deaths afresh."""
 RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 30.0
 SUPERVISE_POLL_S = 0.2
@@ -241,6 +256,7 @@ class MasterConfig:
     stop_wait_s: float = DEFAULT_STOP_WAIT_S
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_MB * 1024 * 1024
+    linger_s: float = DEFAULT_LINGER_S
     progress: bool = True
     retry_failures: Path | None = None
     secret: bytes | None = field(default=None, repr=False)
@@ -295,9 +311,19 @@ class SlaveConfig:
     master_timeout_s: float = DEFAULT_MASTER_TIMEOUT_S
     job_timeout_s: float | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_jobs: int | None = None
+    """Jobs after which the slave makes way for a fresh process (--max-jobs-per-slave)."""
+    max_memory_mb: int | None = None
+    """Resident memory over which it does (--max-memory)."""
     progress: bool = True
     """Log what this slave has done every few seconds (tm-spawn and tm-run turn it off: their
     master shows the run's progress)."""
+    tag: str | None = None
+    """The last part of its name, when its supervisor chose it (to know the name)."""
+    parent_pid: int | None = None
+    """Its supervisor, to die with."""
+    supervised: bool = False
+    """A supervisor replaces it when it asks (else it execs itself anew)."""
     secret: bytes | None = field(default=None, repr=False)
     insecure: bool = False
     curve_dir: Path | None = None
@@ -310,4 +336,7 @@ class SlaveConfig:
         if self.master_timeout_s <= 0 or (self.job_timeout_s is not None
                                           and self.job_timeout_s <= 0):
             raise ConfigError("--master-timeout and --job-timeout must be positive")
+        if (self.max_jobs is not None and self.max_jobs < 1) or (
+                self.max_memory_mb is not None and self.max_memory_mb < 1):
+            raise ConfigError("--max-jobs-per-slave and --max-memory must be at least 1")
         check_megabytes("--max-message-mb", self.max_message_bytes)

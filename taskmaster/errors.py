@@ -11,6 +11,10 @@ EXIT_FAILED = 1
 """The run finished with recorded failures, or a runtime error stopped it."""
 EXIT_USAGE = 2
 """Bad command line, bad target, unusable state or failures file, another run's state file."""
+EXIT_REPLACE = 75
+"""A slave asks to be replaced by a fresh process (its --job-timeout watchdog stopped a job
+that would not stop, or it recycles itself): its supervisor starts one at once, a tm-slave of
+its own execs itself anew."""
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 

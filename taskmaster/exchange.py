@@ -156,6 +156,7 @@ class Exchange:
     def _on_gone(self, msg: p.Gone, now: float) -> None:
         slave = self.registry.get(msg.slave.encode("utf-8", "surrogateescape"))
         if slave is not None:
+            self.ledger.hand_back(slave.ident, msg.handed_back)
             self.handout.gone(slave, msg.code, msg.timed_out, now)
 
     def _on_bye(self, slave: SlaveInfo, msg: p.Bye) -> None:

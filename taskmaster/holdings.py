@@ -108,6 +108,10 @@ class Holdings:
         it has leased to us, which includes jobs done in batches not yet acknowledged."""
         return asked + self._unacked_done
 
+    def unstarted(self) -> list[int]:
+        """The ids of the batches not started yet (safe from another thread, as `snapshot`)."""
+        return [bid for bid, batch in list(self.batches.items()) if not batch.started]
+
     def hand_back(self) -> list[int]:
         """Drop every batch not started yet; returns their ids, for the master."""
         back = [b.bid for b in self.batches.values() if not b.started]

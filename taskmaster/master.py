@@ -53,11 +53,14 @@ log = logging.getLogger(__name__)
 class Master:
     """One run's master."""
 
-    def __init__(self, cfg: MasterConfig, get_jobs: Callable[..., Any]) -> None:
+    def __init__(self, cfg: MasterConfig, get_jobs: Callable[..., Any], *,
+                 leave_now: Callable[[int], None] | None = None) -> None:
+        """``leave_now(signum)``: what a second stop signal does (by default, exit at once:
+        the state file already holds a safe resume point)."""
         self.cfg = cfg
         self.get_jobs = get_jobs
         self.registry = Registry()
-        self.signals = StopSignals(on_second=self._leave_now)
+        self.signals = StopSignals(on_second=leave_now or self._leave_now)
         self.started = time.monotonic()
         self._end = gevent.event.Event()
         self._error: TaskmasterError | None = None
@@ -115,30 +118,32 @@ class Master:
         self.exchange = Exchange(self.ledger, self.registry, self.handout, self.checkpointer,
                                  key=key, epoch=epoch)
         log.info("master listening on %s (%s)", self.sock.address, cfg.security)
+        # From now on (until close), a stop signal is a graceful stop, whenever it comes.
+        self.signals.open()
+        self._resources.append(self.signals)
         return self.sock.address
 
     def serve(self) -> Outcome:
         """Serve slaves until the run is complete or stopped; checkpoint; the outcome."""
         self.progress = Progress(self.snapshot, enabled=self.cfg.progress)
         self._last_tick = time.monotonic()
-        with self.signals:
-            for body in (self._feed, self._receive, self._tick):
-                greenlet = gevent.spawn(body)
-                greenlet.link_exception(self._crashed)
-                self._greenlets.append(greenlet)
-            self.feeder.start()
-            gevent.wait([self._end, self.signals.arrived], count=1)
-            self._end.set()
-            self.handout.closed = True
-            # After a bug of ours, no wait for leases (the greenlet reading acknowledgements
-            # may be the one that died) and no checkpoint (the ledger may be wrong): the last
-            # periodic one is the safe one.
-            saved = False
-            if not isinstance(self._error, InternalError):
-                if self.signals.requested is not None or self._error is not None:
-                    self._drain()
-                self.checkpointer.retry(self.ledger)
-                saved = self.checkpointer.save(self.ledger, force=True)
+        for body in (self._feed, self._receive, self._tick):
+            greenlet = gevent.spawn(body)
+            greenlet.link_exception(self._crashed)
+            self._greenlets.append(greenlet)
+        self.feeder.start()
+        gevent.wait([self._end, self.signals.arrived], count=1)
+        self._end.set()
+        self.handout.closed = True
+        # After a bug of ours, no wait for leases (the greenlet reading acknowledgements
+        # may be the one that died) and no checkpoint (the ledger may be wrong): the last
+        # periodic one is the safe one.
+        saved = False
+        if not isinstance(self._error, InternalError):
+            if self.signals.requested is not None or self._error is not None:
+                self._drain()
+            self.checkpointer.retry(self.ledger)
+            saved = self.checkpointer.save(self.ledger, force=True)
         self.progress.close()
         outcome = Outcome(*self._totals(), signal=self.signals.requested, error=self._error)
         report_end(outcome, self.ledger.stats, dropped=self.exchange.dropped,
@@ -147,13 +152,18 @@ class Master:
                    on_disk=self.checkpointer.on_disk)
         return outcome
 
-    def farewell(self, until: Callable[[], bool] = lambda: True) -> None:
+    def farewell(self, until: Callable[[], bool] = lambda: True,
+                 linger_s: float | None = None) -> None:
         """Tell every slave the run is complete and wait (bounded) for each to say goodbye,
-        and for ``until()``: closing the socket at once could drop those last messages."""
+        and for ``until()``: closing the socket at once could drop those last messages.
+        Stay ``linger_s`` (default --linger) in any case, telling late slaves the same."""
         self.exchange.farewell = p.Done(*self._totals())
         self.handout.broadcast(self.exchange.farewell)
-        deadline = time.monotonic() + DONE_LINGER_S
-        while (len(self.registry) or not until()) and time.monotonic() < deadline:
+        began = time.monotonic()
+        linger_s = self.cfg.linger_s if linger_s is None else linger_s
+        deadline = began + max(linger_s, DONE_LINGER_S)
+        while (len(self.registry) or not until() or time.monotonic() - began < linger_s) \
+                and time.monotonic() < deadline and self.signals.requested is None:
             gevent.sleep(0.01)
 
     def close(self) -> None:
@@ -161,6 +171,13 @@ class Master:
         gevent.killall(self._greenlets)
         while self._resources:
             self._resources.pop().close()
+
+    def slave_gone(self, name: str, status: int) -> None:
+        """A supervisor saw a slave's process end (with this status): no wait for silence."""
+        slave = self.registry.get(name.encode("utf-8", "surrogateescape"))
+        if slave is not None:
+            self.handout.gone(slave, status, None, time.monotonic())
+            self._check_complete()
 
     def stop(self, error: TaskmasterError) -> None:
         """End the run as failed, saving its state, for ``error`` (the run's first wins)."""

@@ -167,29 +167,33 @@ class Gone:
     """To the master, from a slave's supervisor or the slave's own watchdog: that slave is
     gone now, do not wait out its silence. ``code`` is how its process ended (None while it
     is being replaced); ``timed_out``, when set, is the job whose --job-timeout made its
-    watchdog replace it: (batch id, index in the batch, the error)."""
+    watchdog replace it: (batch id, index in the batch, the error); ``handed_back``, the
+    batches it never started."""
 
     KIND: ClassVar[bytes] = GONE
     slave: str
     code: int | None = None
     timed_out: tuple[int, int, JobError] | None = None
+    handed_back: tuple[int, ...] = ()
 
     def body(self) -> Any:
         timed_out = self.timed_out
         return [self.slave, self.code,
                 None if timed_out is None else [timed_out[0], timed_out[1],
-                                                timed_out[2].to_wire()]]
+                                                timed_out[2].to_wire()],
+                list(self.handed_back)]
 
     @classmethod
     def parse(cls, body: Any) -> Gone:
-        slave, code, timed_out = _fields(body, 3, "GONE")
+        slave, code, timed_out, handed_back = _fields(body, 4, "GONE")
         if code is not None and (type(code) is not int or not -256 < code < 256):
             raise ProtocolError("GONE: expected an exit status")
         job = None
         if timed_out is not None:
             bid, index, error = _fields(timed_out, 3, "GONE job")
             job = (_count(bid), _count(index), JobError.from_wire(error))
-        return cls(_text(slave, MAX_NAME_CHARS), code, job)
+        return cls(_text(slave, MAX_NAME_CHARS), code, job,
+                   tuple(_count(bid) for bid in _list(handed_back, "GONE batches")))
 
 
 @dataclass(frozen=True, slots=True)

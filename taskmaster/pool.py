@@ -17,7 +17,7 @@ from typing import Any
 import gevent
 import gevent.event
 
-from .holdings import Failures, Holdings, Piece
+from .holdings import Failures, HeldBatch, Holdings, Piece
 from .messages import JobError
 from .pacing import Pacing
 
@@ -75,6 +75,11 @@ class WorkerPool:
         self._done = done
         self._between = between
         self.running = 0
+        self.timing: dict[int, tuple[float, HeldBatch, int]] = {}
+        """With a --job-timeout: for each greenlet running a job, since when, and which (its
+        batch and index in it); read by the slave's watchdog, from its own thread."""
+        self.out_of_memory = False
+        """A job raised MemoryError: this process should be replaced."""
         self._isolation = Isolation()
         self._work = gevent.event.Event()
         self._greenlets: list[gevent.Greenlet] = []
@@ -120,9 +125,11 @@ class WorkerPool:
             gevent.idle()
 
     def _run(self, piece: Piece) -> Failures:
+        if self.job_timeout_s is not None:
+            return self._run_timed(piece, self.job_timeout_s)
         jobs = piece.jobs
         failures: Failures = []
-        handle = self.handle_job if self.job_timeout_s is None else self._timed
+        handle = self.handle_job
         remaining = iter(jobs)
         while True:
             try:
@@ -139,13 +146,26 @@ class WorkerPool:
                 i = len(jobs) - operator.length_hint(remaining) - 1
                 self._failed(piece, failures, i, JobError.of(e))
 
-    @staticmethod
-    def _failed(piece: Piece, failures: Failures, index: int, error: JobError) -> None:
+    def _run_timed(self, piece: Piece, limit: float) -> Failures:
+        """Each job under its time limit, and watched: one that yields is stopped at the
+        limit; one that will not stop is for the watchdog (see `timing`)."""
+        failures: Failures = []
+        gid = id(gevent.getcurrent())
+        for i, job in enumerate(piece.jobs):
+            self.timing[gid] = (time.monotonic(), piece.batch, piece.offset + i)
+            try:
+                with gevent.Timeout(limit, JobTimeoutError(
+                        f"handle_job ran past --job-timeout {limit:g}s")):
+                    self.handle_job(job)
+            except (Exception, SystemExit, gevent.Timeout) as e:  # noqa: BLE001 - user's
+                self._failed(piece, failures, i, JobError.of(e))
+            finally:
+                self.timing.pop(gid, None)
+        return failures
+
+    def _failed(self, piece: Piece, failures: Failures, index: int, error: JobError) -> None:
         log.warning("handle_job(%.80r) raised %s: %s", piece.jobs[index], error.type,
                     error.message)
         failures.append((piece.offset + index, error))
-
-    def _timed(self, job: Any) -> None:
-        limit = self.job_timeout_s
-        with gevent.Timeout(limit, JobTimeoutError(f"ran past --job-timeout {limit}s")):
-            self.handle_job(job)
+        if error.type == "MemoryError":
+            self.out_of_memory = True

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 import gevent.event
@@ -22,28 +24,50 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopSignals:
-    """Watches the stop signals while open; ``requested`` is the first one that arrived, and
-    ``arrived`` is set with it.
+    """Watches the stop signals while open; ``requested`` is the first one that arrived (at
+    ``at``, monotonic), and ``arrived`` is set with it.
 
     ``on_second`` runs on a second signal: it is the escalation, and typically leaves the
-    process at once (gevent runs a handler in a greenlet of its own, between two turns of
-    the loop, never in the middle of one).
+    process at once. gevent runs a handler in a greenlet of its own, between two turns of the
+    loop, never in the middle of one; but then a callback that holds the loop holds the
+    handler too. ``green=False`` is for a process where that may happen (a slave): Python's
+    own handlers run between any two lines of the main thread, and so only set the flags;
+    ``arrived`` is not set in that mode (nothing of gevent may be touched there).
     """
 
-    def __init__(self, on_second: Callable[[int], None]) -> None:
+    def __init__(self, on_second: Callable[[int], None], *, green: bool = True) -> None:
         self.requested: int | None = None
+        self.at = 0.0
         self.arrived = gevent.event.Event()
         self._on_second = on_second
+        self._green = green
         self._handlers: list[gevent.signal_handler] = []
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
-        self._handlers = [gevent.signal_handler(s, self._handle, s) for s in STOP_SIGNALS]
-        return self
+        return self.open()
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> StopSignals:
+        """Start watching (the handlers are in place until `close`)."""
+        if self._green:
+            self._handlers = [gevent.signal_handler(s, self._handle, s) for s in STOP_SIGNALS]
+        else:
+            self._previous = {s: signal.signal(s, self._handle_raw) for s in STOP_SIGNALS}
+        return self
+
+    def close(self) -> None:
         for handler in self._handlers:
             handler.cancel()
         self._handlers = []
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+    def _handle_raw(self, signum: int, frame: object) -> None:
+        self._handle(signum)
 
     @property
     def name(self) -> str:
@@ -55,4 +79,6 @@ class StopSignals:
             return
         # A closed terminal asks for what SIGTERM asks for; it reports as SIGTERM too.
         self.requested = signal.SIGTERM if signum == signal.SIGHUP else signum
-        self.arrived.set()
+        self.at = time.monotonic()
+        if self._green:
+            self.arrived.set()

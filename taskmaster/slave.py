@@ -3,7 +3,12 @@
 A slave knocks (a heartbeat) until a master answers WELCOME, says READY with the window it
 asks for, and from then on turns JOBS into `Holdings`, which its `WorkerPool` runs, and
 acknowledges what is done. `Pacing` says how much to ask for. Liveness is a separate OS thread
-(transport.py), so a callback that never yields does not make the slave look dead.
+(transport.py), so a callback that never yields does not make the slave look dead, and that
+thread's `Watchdog` acts when such a callback holds everything else.
+
+A slave may also leave on purpose, to be replaced by a fresh process (`EXIT_REPLACE`): after
+--max-jobs-per-slave jobs, over --max-memory, or after a job ran out of memory. It leaves
+cleanly: what it has not started goes back, what it runs it finishes.
 """
 
 from __future__ import annotations
@@ -24,20 +29,24 @@ from .config import (
     HEARTBEAT_INTERVAL_S,
     JOIN_FAST_S,
     JOIN_RETRY_S,
+    MASTER_WAIT_LOG_S,
+    MEMORY_CHECK_S,
     PROGRESS_LOG_INTERVAL_S,
     SLAVE_STOP_WAIT_S,
     SLAVE_WAKE_S,
     SlaveConfig,
     signing_key,
 )
-from .errors import EXIT_FAILED, EXIT_OK, exit_code_for_signal
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_REPLACE, exit_code_for_signal
 from .holdings import Failures, Holdings, Piece
 from .pacing import Pacing
 from .pool import WorkerPool
 from .signals import StopSignals
 from .transport import SlaveSocket, load_curve, start_heartbeat_thread
+from .watchdog import Watchdog, end_process
 
 log = logging.getLogger(__name__)
+
 
 class Slave:
     """One slave process's work. `run()` returns the exit status."""
@@ -48,9 +57,9 @@ class Slave:
         self.key = key
         self.curve = load_curve(cfg.curve_dir, "slave") if cfg.curve_dir else None
         self.host = socket.gethostname()
-        self.ident = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}".encode()
+        tag = cfg.tag or uuid.uuid4().hex[:6]
+        self.ident = f"{self.host}:{os.getpid()}:{tag}".encode()
         self.seal = p.Seal(key)
-        self._beat_seal = p.Seal(key)  # the heartbeat thread's own counter
         self.session = 0
         self.nonce = uuid.uuid4().hex
         self._master_counter = 0
@@ -59,15 +68,27 @@ class Slave:
         self.pool = WorkerPool(handle_job, cfg.concurrency, self.holdings, self.pacing,
                                done=self._piece_done, between=self._take_messages,
                                job_timeout_s=cfg.job_timeout_s)
-        self.signals = StopSignals(on_second=lambda signum: os._exit(exit_code_for_signal(signum)))
+        # Python's own handlers, not gevent's: a callback that holds the hub would hold those.
+        self.signals = StopSignals(
+            on_second=lambda signum: end_process(exit_code_for_signal(signum), True),
+            green=False)
+        self.watchdog = Watchdog(
+            name=self.name, seal=p.Seal(key), heartbeat=self._beat, holdings=self.holdings,
+            pool=self.pool, signals=self.signals, job_timeout_s=cfg.job_timeout_s,
+            parent_pid=cfg.parent_pid, supervised=cfg.supervised, epoch=lambda: self.epoch)
         self._paused = False  # the master said STOP: take nothing until a (new) master welcomes
         self._stopping = False
         self._exit: int | None = None
         self._last_heard = time.monotonic()
+        self._memory_checked = 0.0
 
     @property
     def epoch(self) -> bytes:
         return self.seal.epoch
+
+    @property
+    def name(self) -> str:
+        return self.ident.decode("utf-8", "surrogateescape")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -75,11 +96,11 @@ class Slave:
         """Work until the master says the run is done, a signal, or the master is gone."""
         self.sock = SlaveSocket(self.cfg.address, self.ident, self.curve,
                                 max_bytes=self.cfg.max_message_bytes)
-        stop_beats = start_heartbeat_thread(self.cfg.address, self.ident, self._heartbeat_frames,
+        stop_beats = start_heartbeat_thread(self.cfg.address, self.ident, self.watchdog,
                                             HEARTBEAT_INTERVAL_S, self.curve)
         self.pool.start(self._crashed)
-        log.info("slave %s: %d greenlets, master %s", self.ident.decode(),
-                 self.cfg.concurrency, self.cfg.address)
+        log.info("slave %s: %d greenlets, master %s", self.name, self.cfg.concurrency,
+                 self.cfg.address)
         try:
             with self.signals:
                 self._serve()
@@ -91,6 +112,7 @@ class Slave:
 
     def _serve(self) -> None:
         last_log, last_done = time.monotonic(), 0
+        waiting_said = time.monotonic()
         self._send(self._knock())  # at once: a master may be up
         while self._exit is None:
             frames = self.sock.recv(JOIN_RETRY_S if self.epoch == p.NO_EPOCH else SLAVE_WAKE_S)
@@ -106,11 +128,15 @@ class Slave:
             due = self.holdings.report_due
             if due is not None and now - due >= ACK_DELAY_S:
                 self._report()
-            if now - self._last_heard > self.cfg.master_timeout_s:
+            silent = now - self._last_heard
+            if silent > self.cfg.master_timeout_s:
                 log.error("no master at %s for %.0fs; giving up (is tm-master running there? "
-                          "--master-timeout waits longer)", self.cfg.address,
-                          now - self._last_heard)
+                          "--master-timeout waits longer)", self.cfg.address, silent)
                 self._exit = EXIT_FAILED
+            elif silent >= MASTER_WAIT_LOG_S and now - waiting_said >= MASTER_WAIT_LOG_S:
+                waiting_said = now
+                log.warning("waiting for a master at %s: %.0fs of %.0fs", self.cfg.address,
+                            silent, self.cfg.master_timeout_s)
             if self.cfg.progress and now - last_log >= PROGRESS_LOG_INTERVAL_S:
                 if self.holdings.done != last_done:
                     log.info("%d jobs done (%d failed attempts), %d held, %.2gs a job",
@@ -121,16 +147,21 @@ class Slave:
     def _stop(self) -> None:
         """Act on a stop signal: take nothing more, hand back what has not started, leave
         once what runs is done."""
-        self._stopping = True
         if self.holdings.held:
             log.warning("%s: finishing running jobs, handing back the rest", self.signals.name)
         else:
             log.info("%s: leaving", self.signals.name)
-        self._paused = True
-        self._hand_back()
         self._leave(exit_code_for_signal(self.signals.requested or 0))
 
+    def _recycle(self, why: str) -> None:
+        """Leave to be replaced by a fresh process: planned, never a death."""
+        log.info("%s: leaving, to be replaced by a fresh process", why)
+        self._leave(EXIT_REPLACE)
+
     def _leave(self, code: int) -> None:
+        self._stopping = True
+        self._paused = True
+        self._hand_back()
         gevent.spawn(self._finish, code).link_exception(self._crashed)
 
     def _finish(self, code: int) -> None:
@@ -142,7 +173,8 @@ class Slave:
         if self.pool.busy:
             log.warning("jobs still running after %.0fs; leaving them to be run again",
                         SLAVE_STOP_WAIT_S)
-        self._exit = code
+        if self._exit is None:
+            self._exit = code
         self.sock.wake()
 
     def _crashed(self, greenlet: gevent.Greenlet) -> None:
@@ -181,6 +213,8 @@ class Slave:
         else:
             self._master_counter = envelope.counter
         if isinstance(msg, p.Jobs):
+            # Even when leaving: sent before our goodbye reached the master, it is ours to
+            # run before we go (the master will not hand it to another meanwhile).
             piece = self.pacing.piece_size(len(msg.jobs), msg.isolate)
             self.holdings.add(msg.bid, envelope.epoch, msg.jobs, msg.isolate, piece)
             self.pool.wake()
@@ -193,7 +227,9 @@ class Slave:
                      "attempts)", msg.finished, msg.failed, self.holdings.done,
                      self.holdings.failed_attempts)
             self._send(p.Bye())
-            self._leave(EXIT_OK)
+            if not self._stopping:  # leaving already (a signal, say): with that status
+                self._stopping = True
+                gevent.spawn(self._finish, EXIT_OK).link_exception(self._crashed)
 
     def _on_welcome(self, envelope: p.Envelope, msg: p.Welcome) -> None:
         if msg.nonce != self.nonce or self._stopping:
@@ -201,7 +237,7 @@ class Slave:
         if self.epoch != p.NO_EPOCH:
             log.warning("master restarted or lost track of this slave; rejoining")
         self.nonce = uuid.uuid4().hex
-        self.seal.epoch = self._beat_seal.epoch = envelope.epoch
+        self.seal.epoch = self.watchdog.seal.epoch = envelope.epoch
         self.session, self._paused = msg.session, False
         self._master_counter = envelope.counter
         self.holdings.forget(p.NO_EPOCH)  # no master's epoch: their batches go unacknowledged
@@ -214,6 +250,25 @@ class Slave:
         self.holdings.finish(piece, failures, self.epoch, time.monotonic())
         if self._paused or self.holdings.held <= self.pacing.window // 2:
             self._report()
+        if not self._stopping:
+            why = self._why_replace()
+            if why:
+                self._recycle(why)
+
+    def _why_replace(self) -> str:
+        """Why this process should make way for a fresh one now, if it should."""
+        cfg, done = self.cfg, self.holdings.done + self.holdings.failed_attempts
+        if self.pool.out_of_memory:
+            return "a job ran out of memory"
+        if cfg.max_jobs is not None and done >= cfg.max_jobs:
+            return f"{done} jobs done (--max-jobs-per-slave {cfg.max_jobs})"
+        now = time.monotonic()
+        if cfg.max_memory_mb is not None and now - self._memory_checked >= MEMORY_CHECK_S:
+            self._memory_checked = now
+            mb = _resident_mb()
+            if mb > cfg.max_memory_mb:
+                return f"{mb:.0f} MB resident (--max-memory {cfg.max_memory_mb})"
+        return ""
 
     def _report(self) -> None:
         """Acknowledge the finished batches held back, and tell the master our room."""
@@ -237,9 +292,18 @@ class Slave:
                started: frozenset[int] | None = None, beat: bool = False) -> p.Heartbeat:
         # `sent` before `seen`: what the master has read from us, and we from it, only grows.
         sent = self.seal.counter
-        return p.Heartbeat(self.ident.decode("utf-8", "surrogateescape"), self.nonce, held,
-                           started, beat, self._master_counter, sent)
+        return p.Heartbeat(self.name, self.nonce, held, started, beat, self._master_counter,
+                           sent)
 
-    def _heartbeat_frames(self) -> list[bytes]:
-        # Runs on the heartbeat thread: reads attributes, and advances only its own counter.
-        return self._beat_seal(self._knock(*self.holdings.snapshot(), beat=True))
+    def _beat(self) -> p.Heartbeat:
+        # Runs on the heartbeat thread: reads attributes only.
+        return self._knock(*self.holdings.snapshot(), beat=True)
+
+
+def _resident_mb() -> float:
+    """This process's resident memory, in MB (0 where /proc cannot tell)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return 0.0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,15 @@ import gevent.queue
 import zmq
 import zmq.green as gzmq
 
-from .config import MAX_MESSAGE_BYTES, MESSAGE_SLACK_BYTES, RECONNECT_FIRST_MS, RECONNECT_MAX_MS
+from .config import (
+    MAX_MESSAGE_BYTES,
+    MESSAGE_SLACK_BYTES,
+    RECONNECT_FIRST_MS,
+    RECONNECT_MAX_MS,
+    signing_key,
+)
 from .errors import InternalError, TransportError
-from .protocol import HEARTBEAT_SUFFIX
+from .protocol import HEARTBEAT_SUFFIX, Gone, Seal
 
 log = logging.getLogger(__name__)
 
@@ -180,19 +188,53 @@ class SlaveSocket:
         self._ctx.term()
 
 
-def start_heartbeat_thread(address: str, identity: bytes, make_frames: Callable[[], list[bytes]],
-                           interval_s: float, curve: Curve | None = None) -> Callable[[], None]:
-    """Send ``make_frames()`` every ``interval_s`` from a real OS thread; return a stopper.
+class Notifier:
+    """A supervisor's line to the master: it tells it, signed like a slave would, that one of
+    its slaves is gone (the master would otherwise wait out the slave's silence)."""
+
+    def __init__(self, address: str, secret: bytes | None, curve_dir: Path | None) -> None:
+        self._seal = Seal(signing_key(secret))
+        self._ctx = gzmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        if curve_dir is not None:
+            load_curve(curve_dir, "slave").apply(self._sock, server=False)
+        self._sock.setsockopt(zmq.IDENTITY, f"{socket.gethostname()}:{os.getpid()}:spawn".encode())
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self._sock.connect(address)
+        except zmq.ZMQError as e:
+            self.close()
+            raise _fail("connect to", address, e) from None
+
+    def gone(self, name: str, status: int) -> None:
+        with contextlib.suppress(zmq.ZMQError):  # no master there now: it will see silence
+            self._sock.send_multipart(self._seal(Gone(name, status)), flags=zmq.NOBLOCK)
+
+    def close(self) -> None:
+        self._sock.close(linger=200)
+        self._ctx.term()
+
+
+Beat = Callable[[], "tuple[list[list[bytes]], Callable[[], None] | None]"]
+"""What the heartbeat thread does each interval: the messages to send, and, when the process
+must end now (its watchdog says so), what ends it once they are on their way."""
+
+
+def start_heartbeat_thread(address: str, identity: bytes, beat: Beat, interval_s: float,
+                           curve: Curve | None = None) -> Callable[[], None]:
+    """Send what ``beat()`` makes every ``interval_s`` from a real OS thread; return a stopper.
 
     A real thread with its own (non-gevent) socket keeps beating while a user's callback
-    holds the CPU without ever yielding to the gevent hub.
+    holds the CPU without ever yielding to the gevent hub; for the same reason it is where a
+    slave's watchdog acts (``beat`` returns how to end the process).
     """
     start_thread = gevent.monkey.get_original("_thread", "start_new_thread")
     allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
     stopped = allocate_lock()
     stopped.acquire()
 
-    def beat() -> None:
+    def run() -> None:
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         if curve is not None:
@@ -203,17 +245,23 @@ def start_heartbeat_thread(address: str, identity: bytes, make_frames: Callable[
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_FIRST_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
         sock.connect(address)
+        end: Callable[[], None] | None = None
         try:
             # The lock doubles as an interruptible sleep: released means "stop now".
-            while not stopped.acquire(True, interval_s):
-                # A master that is not there right now gets the next beat instead.
-                with contextlib.suppress(zmq.ZMQError):
-                    sock.send_multipart(make_frames(), flags=zmq.NOBLOCK)
+            while end is None and not stopped.acquire(True, interval_s):
+                messages, end = beat()
+                for frames in messages:
+                    # A master that is not there right now gets the next beat instead.
+                    with contextlib.suppress(zmq.ZMQError):
+                        sock.send_multipart(frames, flags=zmq.NOBLOCK)
         finally:
-            sock.close()
+            # Last words are given a second to leave before the process ends.
+            sock.close(linger=1000 if end is not None else 0)
             ctx.term()
+        if end is not None:
+            end()
 
-    start_thread(beat, ())
+    start_thread(run, ())
     stop: Callable[[], None] = stopped.release
     return stop
 

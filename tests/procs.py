@@ -34,7 +34,10 @@ class Proc:
     """A started command whose output is collected, line by line, in the background."""
 
     def __init__(self, argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        # A master stays a few seconds after its run to tell late slaves (--linger): not in
+        # tests, unless one asks for it, or every test would wait for it.
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(JOBS),
+                    "TASKMASTER_LINGER": "0",
                     **(env or {})}
         self.argv = list(argv)
         self.proc = subprocess.Popen(

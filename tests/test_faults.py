@@ -551,8 +551,10 @@ def test_master_stop_wait_is_bounded(procs: Procs, tmp_path: Path, how: str) -> 
     master = run.master(f"count={n}", stop_wait=str(stop_wait))
     slave = run.slave(env=run.env(SLOW_ON=slow, SLOW_S=60))
     slave.expect(rf"slow job {slow} started", 20)  # its batch stays leased for a minute
-    # A first checkpoint, which a second signal relies on.
-    wait_for(run.state.exists, 10, f"a first checkpoint in {run.state}", master, slave)
+    # A first checkpoint with a resume point, which a second signal relies on (the file
+    # exists from the start, saying only where the run begins).
+    wait_for(lambda: run.state.exists() and state(run.state)["has_last"], 10,
+             f"a first checkpoint in {run.state}", master, slave)
     master.signal(signal.SIGINT)
     master.expect(r"SIGINT: stopping", 10)
     if how == "second signal":

@@ -799,7 +799,7 @@ def test_job_timeout_fails_a_job_that_waits_too_long_and_the_piece_goes_on(
     [(index, error)] = r.failures_of(1)
     assert index == 1
     assert error.type == JobTimeoutError.__name__
-    assert error.message == "ran past --job-timeout 0.05s"
+    assert error.message == "handle_job ran past --job-timeout 0.05s"
     assert (r.holdings.done, r.holdings.failed_attempts) == (2, 1)
 
 
