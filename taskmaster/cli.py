@@ -333,18 +333,22 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
         if opts["secret_file"] is None and not env.get(SECRET_ENV):
             env[SECRET_ENV] = secrets.token_hex(32)
             secret = env[SECRET_ENV].encode()
-        # Our own endpoint: a socket file in a fresh private directory cannot collide with
-        # another run, and is known before binding, so the slaves start (and spend their
-        # start-up) while the master starts too.
-        rundir = None if address else tempfile.mkdtemp(prefix="tm-run-")
+        # Our own endpoint: it cannot collide with another run, and is known before binding,
+        # so the slaves start (and spend their start-up) while the master starts too. On
+        # Linux, a socket of the abstract namespace: no file, so nothing to leave behind,
+        # whatever ends us (the run's secret, not the file's permissions, keeps others out).
+        # Elsewhere, a socket file in a fresh private directory.
+        rundir = None
+        if address is None and not sys.platform.startswith("linux"):
+            rundir = tempfile.mkdtemp(prefix="tm-run-")
+        own = f"ipc://{rundir}/master" if rundir else f"ipc://@taskmaster-{secrets.token_hex(8)}"
 
         def cleanup() -> None:
             if rundir is not None:
                 shutil.rmtree(rundir, ignore_errors=True)
 
         try:
-            cfg = _master_config(script, pairs, address or f"ipc://{rundir}/master", opts,
-                                 no_progress, secret)
+            cfg = _master_config(script, pairs, address or own, opts, no_progress, secret)
             slave_cfg = _slave_config(script, cfg.address, opts, True, secret)
             switch_on()
             from .runner import run_here

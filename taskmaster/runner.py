@@ -69,6 +69,7 @@ def run_here(cfg: MasterConfig, get_jobs: Callable[..., object], n: int, *,
             lambda g: master.stop(InternalError(f"watching the slaves: {g.exception!r}")))
         outcome = master.serve()
         watcher.kill()
+        sup.wind_down()
         if outcome.complete:
             # A slave still starting when the run ends hears DONE instead of waiting for
             # a signal: the goodbye lasts until all of ours have gone.

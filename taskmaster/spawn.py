@@ -253,6 +253,10 @@ class Supervisor:
             return EXIT_SIGINT if signals.requested == signal.SIGINT else EXIT_SIGTERM
         return self.status()
 
+    def wind_down(self) -> None:
+        """Restart nothing more: the run is over (a slot waiting for its restart is done)."""
+        self.stopping = True
+
     def signal(self, signum: int) -> None:
         """Pass a stop signal on; a second one is passed on too (the slaves then leave now)."""
         self.stopping = True
