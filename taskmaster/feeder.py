@@ -85,7 +85,7 @@ class Feeder:
         self._closed = False
         self._sleeping = False
         self._pulled = 0  # the thread's own: jobs it has pulled in all
-        self._pending: Any = NO_JOB  # the thread's own: a first job read ahead to check it
+        self._pending: list[Any] = []  # the thread's own: the first jobs read ahead
         self._wake = _allocate_lock()
         self._wake.acquire()  # held: released to wake the thread when it sleeps
         self._arrived = gevent.event.Event()
@@ -192,12 +192,13 @@ class Feeder:
             if expect is not NO_JOB and not same_job(first[1] if self._pairs else first,
                                                          expect):
                 # Not the job it was given: it may be the next one (a stream that resumes
-                # after `last`, not from it), so it runs, rather than be lost. At worst a job
-                # runs again.
-                self._pending = first
+                # after `last`, not from it), so it runs, rather than be lost; and when
+                # `last` itself is not finished (nothing to skip), we have it, and run it
+                # first. At worst jobs run again.
+                self._pending = [first] if skip else [expect, first]
                 return None
             if not skip:
-                self._pending = first
+                self._pending = [first]
                 return None
             left = skip - 1
             while left > 0 and not self._closed:
@@ -227,10 +228,10 @@ class Feeder:
         """One turn: up to ``room`` jobs, for about `FEED_TURN_S`; False once the stream ended
         (or the feeder was closed)."""
         turn = _Turn()
-        if self._pending is not NO_JOB:
-            self._sample(self._pending)
-            turn.jobs.append(self._pending)
-            self._pending = NO_JOB
+        if self._pending:
+            self._sample(self._pending[0])
+            turn.jobs.extend(self._pending)
+            self._pending = []
         pulled = len(turn.jobs)
         with self._mutex:
             self._turn = turn
@@ -345,8 +346,9 @@ def same_job(job: Any, expect: Any) -> bool:
         return True
     if not same:
         log.warning("get_jobs(last=%s) began with %s: it should yield from `last` on, "
-                    "inclusive (for i in range(last, N)); that job is run, but if jobs are "
-                    "missing or repeated, get_jobs does not resume where it is told to",
+                    "inclusive (for i in range(last, N)). Every job it yields runs, so none is "
+                    "lost, but a stream that does not resume where it is told runs jobs "
+                    "again, and the counts of this run then include them",
                     safe_repr(expect, 80), safe_repr(job, 80))
     return same
 
