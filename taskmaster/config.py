@@ -101,6 +101,9 @@ SLAVE_WORK_AHEAD_S = 0.2
 """How much work, in seconds, a slave asks to hold so that it never waits for the master."""
 PIECE_S = 0.05
 """Work one greenlet does in one turn before it lets the others (and the socket) run."""
+STEAL_AFTER_S = 0.25
+"""A piece still running after this long (a job in it is slow) has the jobs after that job
+taken over by an idle greenlet: one slow job holds up only itself."""
 SLAVE_STOP_WAIT_S = 30.0
 """On SIGINT/SIGTERM, how long running jobs get to finish before the slave leaves anyway."""
 JOIN_RETRY_S = 0.05

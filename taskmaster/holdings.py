@@ -9,7 +9,9 @@ held open by one slow job would keep us from getting any more work.
 
 from __future__ import annotations
 
+import operator
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +40,10 @@ class Piece:
     offset: int
     jobs: list[Any]
     alone: bool
+    remaining: Iterator[Any] | None = None
+    """While it runs: the iterator over `jobs` its greenlet takes them from."""
+    since: float = 0.0
+    """When it started to run (time.monotonic())."""
 
 
 class Holdings:
@@ -72,6 +78,19 @@ class Holdings:
         piece = self.queue.popleft()
         piece.batch.started = True
         return piece
+
+    def split(self, piece: Piece) -> Piece | None:
+        """Take the jobs of a running ``piece`` that its greenlet has not reached yet, as a new
+        piece (None if there are none). The list it iterates is cut short where it stands, so
+        its loop ends after the job it is in, and the index of that job stays right."""
+        assert piece.remaining is not None
+        cut = len(piece.jobs) - operator.length_hint(piece.remaining)
+        if cut >= len(piece.jobs):
+            return None
+        rest = piece.jobs[cut:]
+        del piece.jobs[cut:]
+        piece.batch.pieces_left += 1
+        return Piece(piece.batch, piece.offset + cut, rest, piece.alone)
 
     def finish(self, piece: Piece, failures: Failures, epoch: bytes, now: float) -> None:
         """``piece`` ran; ``failures`` are (index in its batch, error) of the jobs that raised.

@@ -17,6 +17,7 @@ from typing import Any
 import gevent
 import gevent.event
 
+from .config import STEAL_AFTER_S
 from .holdings import Failures, HeldBatch, Holdings, Piece
 from .messages import JobError
 from .pacing import Pacing
@@ -81,6 +82,7 @@ class WorkerPool:
         self.out_of_memory = False
         """A job raised MemoryError: this process should be replaced."""
         self._isolation = Isolation()
+        self._pieces: set[Piece] = set()  # the pieces running now
         self._work = gevent.event.Event()
         self._greenlets: list[gevent.Greenlet] = []
 
@@ -103,18 +105,23 @@ class WorkerPool:
 
     def _worker(self) -> None:
         while True:
-            piece = self.holdings.next_piece()
+            piece = self.holdings.next_piece() or self._steal()
             if piece is None:
                 self._work.clear()
-                self._work.wait()
+                # While pieces run, look again now and then for one held up by a slow job.
+                self._work.wait(STEAL_AFTER_S if self._pieces else None)
                 continue
             self.running += 1
             self.pacing.started(self.running)
             self._isolation.enter(piece.alone)
             started = time.perf_counter()
+            piece.since = time.monotonic()
+            piece.remaining = iter(piece.jobs)
+            self._pieces.add(piece)
             try:
                 failures = self._run(piece)
             finally:
+                self._pieces.discard(piece)
                 self._isolation.leave(piece.alone)
                 self.running -= 1
             self.pacing.finished(time.perf_counter() - started, len(piece.jobs))
@@ -124,13 +131,25 @@ class WorkerPool:
             # next polls sockets, and meanwhile the master's new jobs and pings wait unread.
             gevent.idle()
 
+    def _steal(self) -> Piece | None:
+        """The jobs not yet reached of a piece that has run for `STEAL_AFTER_S` (a job in it
+        is slow, and its greenlet waits in it), or None."""
+        now = time.monotonic()
+        for piece in self._pieces:
+            if now - piece.since >= STEAL_AFTER_S and not piece.alone:
+                rest = self.holdings.split(piece)
+                if rest is not None:
+                    return rest
+        return None
+
     def _run(self, piece: Piece) -> Failures:
         if self.job_timeout_s is not None:
             return self._run_timed(piece, self.job_timeout_s)
         jobs = piece.jobs
         failures: Failures = []
         handle = self.handle_job
-        remaining = iter(jobs)
+        remaining = piece.remaining
+        assert remaining is not None
         while True:
             try:
                 # Nothing of ours per job: a plain loop calling the user's function, which
@@ -141,8 +160,9 @@ class WorkerPool:
                 return failures
             except (Exception, SystemExit, gevent.Timeout) as e:  # noqa: BLE001 - user's
                 # A list iterator knows exactly how many it has left: the job that raised is
-                # the one just before those. (gevent.Timeout is a BaseException: a job's own
-                # timeout firing is the job's failure, not the worker's.)
+                # the one just before those (`Holdings.split` keeps it so). (gevent.Timeout
+                # is a BaseException: a job's own timeout firing is the job's failure, not
+                # the worker's.)
                 i = len(jobs) - operator.length_hint(remaining) - 1
                 self._failed(piece, failures, i, JobError.of(e))
 
@@ -151,7 +171,8 @@ class WorkerPool:
         limit; one that will not stop is for the watchdog (see `timing`)."""
         failures: Failures = []
         gid = id(gevent.getcurrent())
-        for i, job in enumerate(piece.jobs):
+        assert piece.remaining is not None
+        for i, job in enumerate(piece.remaining):
             self.timing[gid] = (time.monotonic(), piece.batch, piece.offset + i)
             try:
                 with gevent.Timeout(limit, JobTimeoutError(

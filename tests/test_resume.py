@@ -8,10 +8,10 @@ across every session of a run, is the proof: the set of jobs in it must be the w
 job lost); how many ran more than once is printed, and bounded where the README bounds it.
 
 To know for sure that a job did not run before a crash, a test holds it: the stream waits
-before yielding job K (a hold file), so that K goes out in a batch of its own once the jobs
-before it are done, and the slave's handle_job waits before running K (a gate file that is never
-created). The checkpoint then names K, and the test kills the slave with the master, so that K
-has not run when the next session begins.
+before yielding job K (a hold file), so that K goes out first once the jobs before it are
+done, and the slave's handle_job waits before running K (a gate file that is never created).
+The checkpoint then names K, and the test kills the slave with the master, so that K has not
+run when the next session begins.
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ def hold_job(run: Run, k: int, *watch: Proc) -> None:
     run.wait_ledger(k, START_S, *watch)
     assert set(run.jobs()) == set(range(k)), "the stream went past its hold"
     (run.tmp / "hold").touch()
-    # Nothing was left in the buffer: job k goes out first in a batch of its own and waits;
-    # the jobs after it run. The resume point is k once the batches before it are acknowledged.
+    # Nothing was left in the buffer: job k goes out first, alone or at the head of a batch,
+    # and waits; the jobs after it run (an idle greenlet takes over the rest of its piece).
+    # The resume point is k once the batches before it are acknowledged.
     run.wait_ledger(k + 200, START_S, *watch)
     cp = wait_checkpoint(run, 10, *watch, resume_seq=k, last_seq=k, has_last=True)
     assert cp["complete"] is False
@@ -191,17 +192,19 @@ def test_a_stream_that_ignores_last_is_warned_about_and_runs_every_job(
     """get_jobs ignores `last` (yields from 0 every time): after a SIGKILL mid-run the
     restarted master warns (get_jobs(last=R) began with 0), runs the stream as it comes
     (nothing is dropped or skipped) and completes."""
-    n = 2000
+    n, k = 2000, 1000
     run = Run(procs, tmp_path, target="resume_jobs")
     env = run.env(RESUME_MODE="ignore")
-    master = run.master(f"count={n}", "--size", "100", env=env)
+    # The first master's stream waits before job K for good (its hold file is never created),
+    # so that it is killed mid-run however fast the jobs before K go.
+    master = run.master(f"count={n}", "--size", "100", env=hold_env(run, k, RESUME_MODE="ignore"))
     slave = run.slave("-c", "5", env=run.env(SLEEP_S=0.002))
     wait_for(lambda: int(checkpoint(run.state).get("resume_seq", 0)) >= 500,  # type: ignore[call-overload]
              START_S, "a checkpoint past job #500", master, slave)
     master.kill()
     cp = checkpoint(run.state)
     resume = int(cp["resume_seq"])  # type: ignore[call-overload]
-    assert 0 < resume < n, cp
+    assert 0 < resume <= k, cp
 
     master = run.master(f"count={n}", "--size", "100", env=env)
     master.expect(rf"resuming at job #{resume}\b", START_S)
