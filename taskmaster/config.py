@@ -135,6 +135,10 @@ few seconds so that a long outage does not mean a storm of connection attempts."
 
 MAX_RESTARTS = 5
 """Deaths in a row after which a slot is given up on."""
+GONE_GRACE_S = 1.0
+"""After a slave's process is known to be gone, how long its last messages (acknowledgements,
+its goodbye, its watchdog's word) have to be read before its leases are taken back: they were
+sent before it ended, but may come in after the news of its end, which travels another way."""
 RESTART_HEALTHY_S = 60.0
 """A slave that ran this long before it died starts its count of deaths afresh."""
 RESTART_FIRST_S = 1.0

@@ -161,7 +161,7 @@ class Exchange:
 
     def _on_bye(self, slave: SlaveInfo, msg: p.Bye) -> None:
         self.ledger.hand_back(slave.ident, msg.handed_back)
-        slave.leaving = True
+        slave.leaving = slave.said_bye = True
         slave.window = 0
         log.info("slave %s leaving", slave.name)
         if not self.ledger.held_by(slave.ident):

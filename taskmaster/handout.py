@@ -19,12 +19,22 @@ from . import protocol as p
 from .checkpointer import Checkpointer
 from .config import DEFAULT_MAX_MESSAGE_BYTES
 from .dispatch import JobSize, lease_for
-from .errors import TaskmasterError, UserCodeError
+from .errors import (
+    EXIT_OK,
+    EXIT_REPLACE,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    TaskmasterError,
+    UserCodeError,
+)
 from .ledger import Batch, Ledger
 from .registry import Registry, SlaveInfo
 from .state import safe_repr
 
 log = logging.getLogger(__name__)
+
+LEFT_IN_ORDER = frozenset({EXIT_OK, EXIT_REPLACE, EXIT_SIGINT, EXIT_SIGTERM})
+"""Exit statuses of a slave that chose to leave (the run done, recycling, a stop signal)."""
 
 Send = Callable[[bytes, list[bytes]], bool]
 """Queue frames to one slave; False when it is not connected."""
@@ -75,7 +85,7 @@ class Handout:
                                          alone=self.registry.takers() <= 1))
         took = bool(batches)
         while batches:
-            sent = self._send_batch(slave, batches.popleft(), batches)
+            sent = self._send_batch(slave, batches.popleft(), batches, now)
             if sent is None:
                 return
             credit -= sent
@@ -86,7 +96,8 @@ class Handout:
         if took:
             self._room_freed()
 
-    def _send_batch(self, slave: SlaveInfo, batch: Batch, rest: deque[Batch]) -> int | None:
+    def _send_batch(self, slave: SlaveInfo, batch: Batch, rest: deque[Batch],
+                    now: float) -> int | None:
         """Send one leased batch; the jobs sent, or None when the slave is lost or the run
         must stop (``rest``, the batches still to send, are then handed back). A batch too
         big for one message is cut in halves put first in ``rest``."""
@@ -110,7 +121,7 @@ class Handout:
             # Never sent, so never started: they go out again uncharged, before the slave's
             # other leases are charged with its death.
             self.ledger.hand_back(slave.ident, [b.bid for b in (batch, *rest)])
-            self.lose(slave, "disconnected")
+            self.departed(slave, None, "disconnected", now)
             return None
         return len(batch.jobs)
 
@@ -136,11 +147,40 @@ class Handout:
             else:
                 break
 
-    def lose(self, slave: SlaveInfo, why: str) -> None:
-        """``slave`` is gone: its leases go out again, as the redelivery policy says."""
-        log.warning("slave %s lost (%s); %d leased jobs go out again", slave.name, why,
-                    self.ledger.held_by(slave.ident))
+    def departed(self, slave: SlaveInfo, code: int | None, why: str, now: float) -> None:
+        """``slave``'s process is gone (``code``: its exit status, if known). Nothing more
+        goes to it; its leases are taken back once its last messages have had
+        `GONE_GRACE_S` to come in (see `settle_departed`)."""
+        slave.leaving, slave.window = True, 0
+        self.registry.waiting.discard(slave.ident)
+        if slave.gone is None:
+            slave.gone = (now, code, why)
+        if not self.ledger.held_by(slave.ident):
+            self.registry.forget(slave.ident)
+        self.serve_waiting()  # what it handed back, or was never sent, goes to others now
+
+    def settle_departed(self, now: float, grace_s: float) -> None:
+        """Take back the leases of slaves gone for ``grace_s``: uncharged when the slave left
+        in order (it said goodbye and exited as a slave that leaves does), else each batch
+        it had started is charged with its death."""
+        for slave in self.registry.departed(now, grace_s):
+            assert slave.gone is not None
+            _, code, why = slave.gone
+            in_order = slave.said_bye and (code is None or code in LEFT_IN_ORDER)
+            self.lose(slave, why, charge=not in_order)
+
+    def lose(self, slave: SlaveInfo, why: str, charge: bool = True) -> None:
+        """``slave`` is gone: its leases go out again, as the redelivery policy says (or, when
+        not ``charge``, all of them uncharged)."""
+        held = self.ledger.held_by(slave.ident)
         self.registry.forget(slave.ident)
+        if not charge:
+            log.info("slave %s left (%s); %d leased jobs it did not finish go out again",
+                     slave.name, why, held)
+            self.ledger.release(slave.ident)
+            self.serve_waiting()
+            return
+        log.warning("slave %s lost (%s); %d leased jobs go out again", slave.name, why, held)
         final = self.ledger.lose(slave.ident, slave.started, slave.started_seen)
         for f in final:
             log.error("job #%d %s recorded as failed: %s", f.origin, safe_repr(f.job, 200),
@@ -154,8 +194,8 @@ class Handout:
         """``slave`` is gone, as its supervisor or its own watchdog says: at once, rather than
         after its silence. A job that ran past its time is charged as a failed attempt."""
         if timed_out is None:
-            self.lose(slave, "its process died" if code is None else
-                      f"its process exited with {code}")
+            self.departed(slave, code, "its process died" if code is None else
+                          f"its process exited with {code}", now)
             return
         bid, index, error = timed_out
         log.warning("slave %s is being replaced: a job ran past its --job-timeout; its %d "

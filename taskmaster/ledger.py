@@ -253,8 +253,12 @@ class Ledger:
                 if part.jobs:
                     self._again.push(part)
             self.stats.redispatched += len(batch.jobs) - 1
-        self.hand_back(slave, [b.bid for b in self._leases.of(slave)])
+        self.release(slave)
         return final
+
+    def release(self, slave: bytes) -> int:
+        """Everything ``slave`` holds goes out again, uncharged; returns the jobs."""
+        return self.hand_back(slave, [b.bid for b in self._leases.of(slave)])
 
     def lose(self, slave: bytes, started: frozenset[int] | None = None,
              seen: int = 0) -> list[Failure]:

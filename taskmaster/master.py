@@ -28,6 +28,7 @@ from .checkpointer import Checkpointer
 from .config import (
     CHECKPOINT_INTERVAL_S,
     DONE_LINGER_S,
+    GONE_GRACE_S,
     HEARTBEAT_INTERVAL_S,
     MASTER_TICK_S,
     MAX_MESSAGE_BYTES,
@@ -245,7 +246,8 @@ class Master:
         self._last_tick = now
         for slave in self.registry.silent(now, self.cfg.lease_timeout_s):
             self.handout.lose(slave, f"silent for {now - slave.last_seen:.0f}s")
-            self._check_complete()
+        self.handout.settle_departed(now, GONE_GRACE_S)
+        self._check_complete()
 
     def _ping(self, now: float) -> None:
         self.handout.broadcast(p.Ping())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -77,8 +78,9 @@ class WorkerPool:
         self._between = between
         self.running = 0
         self.timing: dict[int, tuple[float, HeldBatch, int]] = {}
-        """With a --job-timeout: for each greenlet running a job, since when, and which (its
-        batch and index in it); read by the slave's watchdog, from its own thread."""
+        """With a --job-timeout: for each job running, since when, and which (its batch and
+        index in it), by the id of the frame of `_run_timed` that runs it; read by the
+        slave's watchdog, from its own thread (see `in_hand`)."""
         self.out_of_memory = False
         """A job raised MemoryError: this process should be replaced."""
         self._isolation = Isolation()
@@ -170,10 +172,10 @@ class WorkerPool:
         """Each job under its time limit, and watched: one that yields is stopped at the
         limit; one that will not stop is for the watchdog (see `timing`)."""
         failures: Failures = []
-        gid = id(gevent.getcurrent())
+        key = id(sys._getframe())
         assert piece.remaining is not None
         for i, job in enumerate(piece.remaining):
-            self.timing[gid] = (time.monotonic(), piece.batch, piece.offset + i)
+            self.timing[key] = (time.monotonic(), piece.batch, piece.offset + i)
             try:
                 with gevent.Timeout(limit, JobTimeoutError(
                         f"handle_job ran past --job-timeout {limit:g}s")):
@@ -181,8 +183,20 @@ class WorkerPool:
             except (Exception, SystemExit, gevent.Timeout) as e:  # noqa: BLE001 - user's
                 self._failed(piece, failures, i, JobError.of(e))
             finally:
-                self.timing.pop(gid, None)
+                self.timing.pop(key, None)
         return failures
+
+    def in_hand(self, thread_id: int) -> int | None:
+        """The key in `timing` of the job that thread ``thread_id`` (the one gevent's loop
+        runs in) is executing now, if it is in one. Called from another thread, this names
+        the job that holds the loop: when a job will not yield, every other job past its
+        limit is only frozen behind it, in the middle of a sleep or a read."""
+        frame = sys._current_frames().get(thread_id)
+        while frame is not None:
+            if id(frame) in self.timing:
+                return id(frame)
+            frame = frame.f_back
+        return None
 
     def _failed(self, piece: Piece, failures: Failures, index: int, error: JobError) -> None:
         log.warning("handle_job(%.80r) raised %s: %s", piece.jobs[index], error.type,

@@ -38,6 +38,11 @@ class SlaveInfo:
     started_seen: int = 0
     last_counter: int = 0
     """The counter of the last message read from its own socket."""
+    said_bye: bool = False
+    """It said it was leaving (BYE): what it still holds, it was finishing."""
+    gone: tuple[float, int | None, str] | None = None
+    """Its process is known to be gone: since when, its exit status if known, and how we
+    know; its leases are taken back `GONE_GRACE_S` later."""
 
     @property
     def name(self) -> str:
@@ -115,8 +120,14 @@ class Registry:
         self.waiting.discard(ident)
 
     def silent(self, now: float, timeout_s: float) -> list[SlaveInfo]:
-        """Members not heard from for longer than ``timeout_s``."""
-        return [s for s in self.slaves.values() if now - s.last_seen > timeout_s]
+        """Members not heard from for longer than ``timeout_s`` (and not known to be gone)."""
+        return [s for s in self.slaves.values()
+                if now - s.last_seen > timeout_s and s.gone is None]
+
+    def departed(self, now: float, grace_s: float) -> list[SlaveInfo]:
+        """Members known to be gone for ``grace_s`` or more."""
+        return [s for s in self.slaves.values()
+                if s.gone is not None and now - s.gone[0] >= grace_s]
 
     def excuse(self, now: float) -> None:
         """The master itself was not listening until ``now`` (a stalled disk, a frozen

@@ -22,6 +22,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import gevent.monkey
+
 from . import protocol as p
 from .config import JOB_TIMEOUT_GRACE_S, SLAVE_HARD_STOP_S, SLAVE_STOP_WAIT_S
 from .errors import EXIT_FAILED, EXIT_REPLACE, exit_code_for_signal
@@ -62,6 +64,9 @@ class Watchdog:
         self.parent_pid = parent_pid
         self.supervised = supervised
         self.epoch = epoch
+        # The OS thread's id (threading's own may be patched to name greenlets).
+        self.loop_thread: int = gevent.monkey.get_original("_thread", "get_ident")()
+        """The thread gevent's loop runs in: the watchdog is made there."""
 
     def __call__(self) -> tuple[list[list[bytes]], End | None]:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
@@ -84,8 +89,13 @@ class Watchdog:
         if limit is None:
             return None
         now = time.monotonic()
-        for started, batch, index in list(self.pool.timing.values()):
-            if now - started <= limit + JOB_TIMEOUT_GRACE_S:
+        timing = dict(self.pool.timing)
+        # The job the loop is in, if one holds it, is the one to blame; if none does, the loop
+        # runs, and a job past its limit is one that caught its time-out and went on.
+        in_hand = self.pool.in_hand(self.loop_thread)
+        for key, (started, batch, index) in timing.items():
+            if (in_hand is not None and key != in_hand) or \
+                    now - started <= limit + JOB_TIMEOUT_GRACE_S:
                 continue
             log.error("a job has run %.0fs, past --job-timeout %gs, and will not stop; this "
                       "slave's process is being replaced", now - started, limit)

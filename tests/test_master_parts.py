@@ -27,6 +27,7 @@ from taskmaster.checkpointer import Checkpointer
 from taskmaster.config import (
     BATCH_BYTES,
     FIRST_BATCH_JOBS,
+    GONE_GRACE_S,
     MAX_BATCH_JOBS,
     MAX_MESSAGE_BYTES,
     MAX_WINDOW_JOBS,
@@ -35,7 +36,7 @@ from taskmaster.config import (
     MasterConfig,
 )
 from taskmaster.dispatch import JobSize, Lease, lease_for
-from taskmaster.errors import StateError, UserCodeError
+from taskmaster.errors import EXIT_REPLACE, StateError, UserCodeError
 from taskmaster.exchange import Exchange
 from taskmaster.handout import Handout, Send
 from taskmaster.ledger import Ledger
@@ -680,6 +681,12 @@ def test_when_a_send_fails_midway_the_sent_batch_is_charged_and_the_unsent_ones_
     [(_, sent_one)] = parts.wire.messages(parts.key)[1:]
     assert isinstance(sent_one, p.Jobs) and sent_one.jobs == list(range(100))
     ledger = parts.ledger
+    # It gets nothing more; what it holds is taken back once its last words had time to come.
+    assert parts.registry.get(SLAVE).leaving  # type: ignore[union-attr]
+    assert (ledger.requeued, ledger.leased) == (150, 100)
+    parts.handout.settle_departed(T0 + GONE_GRACE_S / 2, GONE_GRACE_S)
+    assert ledger.leased == 100, "taken back before its grace"
+    parts.handout.settle_departed(T0 + GONE_GRACE_S, GONE_GRACE_S)
     assert parts.registry.get(SLAVE) is None
     # The batch that went out may have killed its slave: with max_deaths=1 its jobs are
     # recorded as failed. The two never sent are not charged at all.
@@ -701,8 +708,9 @@ def test_a_batch_that_goes_out_after_a_failed_send_is_a_suspect_only_if_it_was_s
     welcome = welcome_of(knock(parts, SLAVE, T0), SLAVE)
     wire.budget[SLAVE] = 1
     deliver(parts, SLAVE, p.Ready(welcome.session, 250, 1, "host", 7), T0)
+    parts.handout.settle_departed(T0 + GONE_GRACE_S, GONE_GRACE_S)
     assert parts.ledger.requeued == 250 and parts.ledger.stats.failed == 0
-    sent = join_at(parts, OTHER, 300, T0 + 1)
+    sent = join_at(parts, OTHER, 300, T0 + GONE_GRACE_S + 1)
     # One suspect at a time from the batch that was sent; the unsent ones whole, uncharged.
     assert [(len(b.jobs), b.isolate) for b in sent] == [(1, True), (100, False), (50, False)]
     assert sent[0].jobs[0] in range(100)
@@ -1150,3 +1158,57 @@ def test_open_refuses_another_runs_state_file_naming_what_differs(
     ck = Checkpointer.open(cfg)
     assert ck.resumed is not None and ck.resumed.resume_seq == 4
     ck.close()
+
+
+# -- a slave whose process is gone --------------------------------------------------------------
+
+
+def gone_slave(tmp_path: Path, *, bye: bool) -> tuple[Parts, list[p.Jobs]]:
+    """A member holding two batches of 10 (max_deaths=1: one death records a job), both
+    reported started by its heartbeat thread, and (``bye``) having said goodbye."""
+    parts = Parts(tmp_path, jobs=10, size=100, secret=SECRET, max_deaths=1)
+    batches = join_at(parts, SLAVE, 20, T0)
+    parts.ledger.feed(list(range(10, 20)))
+    parts.handout.serve_waiting()
+    batches += [m for _, m in parts.wire.messages(parts.key)[-1:] if isinstance(m, p.Jobs)]
+    assert [b.jobs for b in batches] == [list(range(10)), list(range(10, 20))]
+    bids = {b.bid for b in batches}
+    deliver(parts, SLAVE + HEARTBEAT_SUFFIX,
+            heartbeat(SLAVE, bids, bids, beat=True, seen=counter_of(parts)), T0)
+    if bye:
+        deliver(parts, SLAVE, p.Bye(()), T0)
+    return parts, batches
+
+
+def test_a_slave_gone_after_its_goodbye_is_charged_nothing(tmp_path: Path) -> None:
+    """Recycled (exit 75) after BYE: what it held goes out again, uncharged, once its last
+    messages had GONE_GRACE_S to come in; the acknowledgement that does come counts."""
+    parts, (b1, b2) = gone_slave(tmp_path, bye=True)
+    slave = parts.registry.get(SLAVE)
+    assert slave is not None
+    parts.handout.gone(slave, EXIT_REPLACE, None, T0 + 1)
+    assert parts.ledger.held_by(SLAVE) == 20, "taken back before its last words were read"
+    assert join_at(parts, OTHER, 20, T0 + 1) == [], "a gone slave's jobs went out at once"
+    # Its acknowledgement of the first batch, sent before it exited, is read after the news.
+    deliver(parts, SLAVE, ack(done(b1.bid), window=0), T0 + 1.5)
+    parts.handout.settle_departed(T0 + 1 + GONE_GRACE_S, GONE_GRACE_S)
+    assert parts.registry.get(SLAVE) is None
+    assert parts.ledger.stats.finished == 10 and parts.ledger.stats.failed == 0
+    again = parts.wire.messages(parts.key)[-1][1]
+    assert isinstance(again, p.Jobs) and again.jobs == b2.jobs and not again.isolate
+
+
+@pytest.mark.parametrize(("bye", "code"), [(False, EXIT_REPLACE), (True, 3), (False, None)],
+                         ids=["exit-75-without-goodbye", "killed-while-leaving", "died"])
+def test_a_slave_gone_without_leaving_in_order_is_charged_a_death(
+        tmp_path: Path, bye: bool, code: int | None) -> None:
+    """A job that calls os._exit(75) is no recycling, nor is a death while the slave was
+    finishing its jobs to leave: each batch it had started is charged (and with
+    max_deaths=1, recorded)."""
+    parts, _ = gone_slave(tmp_path, bye=bye)
+    slave = parts.registry.get(SLAVE)
+    assert slave is not None
+    parts.handout.gone(slave, code, None, T0 + 1)
+    parts.handout.settle_departed(T0 + 1 + GONE_GRACE_S, GONE_GRACE_S)
+    assert parts.registry.get(SLAVE) is None
+    assert parts.ledger.leased == 0 and parts.ledger.stats.failed == 20

@@ -5,6 +5,9 @@ SLEEP_S, FAIL_EVERY and EXIT_ON), after these optional faults, read per job from
 
 - SPIN_ON=K, SPIN_S=seconds: on job K, burn the CPU in a loop that never yields to gevent.
 - HANG_ON=K: on job K, ``time.sleep(3600)`` (gevent-friendly: the slave monkey-patches time).
+- STUBBORN_ON=K: on job K, announce ``stubborn job K started``, then sleep for an hour in short
+  naps, retrying any `Exception` that interrupts a nap, as a retry loop around I/O does: it
+  swallows the time-out --job-timeout raises in it.
 - SLOW_ON=K, SLOW_S=seconds: the first time job K runs (on any slave; a marker file beside
   the ledger remembers), announce ``slow job K started`` on stderr, then sleep (gevent-friendly)
   for SLOW_S seconds. Later runs of job K are quick.
@@ -49,6 +52,14 @@ def handle_job(job):
         time.sleep(float(os.environ.get("SLOW_S", "5")))
     if os.environ.get("HANG_ON") == str(job):
         time.sleep(3600)
+    if os.environ.get("STUBBORN_ON") == str(job):
+        print(f"stubborn job {job} started", file=sys.stderr, flush=True)
+        end = time.monotonic() + 3600
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.1)
+            except Exception:  # noqa: BLE001 - the point: it swallows the time-out
+                continue
     ledger_jobs.handle_job(job)
 
 
