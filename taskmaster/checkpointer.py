@@ -26,6 +26,7 @@ from typing import Any
 from .config import DISK_TROUBLE_LOG_INTERVAL_S, MasterConfig
 from .errors import StateError
 from .ledger import Failure, Ledger
+from .retry import Rounds
 from .state import Checkpoint, FailureLog, StateFile, check_identity
 
 log = logging.getLogger(__name__)
@@ -53,15 +54,20 @@ class Checkpointer:
         state.lock()
         try:
             if cfg.reset:
-                state.remove()
-                cfg.failures_path.unlink(missing_ok=True)
+                _set_aside(cfg)
             start = state.load()
             if start is not None:
                 check_identity(start, cfg.identity, state.path)
+            source = None
+            if cfg.retry_failures is not None:
+                source = Rounds.of(cfg.retry_failures).begin(state, cfg.failures_path)
+                start = state.load()  # a new round starts afresh
         except BaseException:
             state.unlock()
             raise
-        return cls(state, FailureLog(cfg.failures_path), start, cfg.identity)
+        checkpointer = cls(state, FailureLog(cfg.failures_path), start, cfg.identity)
+        checkpointer.retry_source = source
+        return checkpointer
 
     def __init__(self, state: StateFile, failures: FailureLog, start: Checkpoint | None,
                  identity: dict[str, Any]) -> None:
@@ -76,6 +82,8 @@ class Checkpointer:
         self.on_disk: tuple[Checkpoint, float] | None = (start, time.time()) if start else None
         """The last checkpoint the state file holds, and since when."""
         self.trouble: dict[Path, Trouble] = {}
+        self.retry_source: Path | None = None
+        """For a retry: the failures file whose jobs this round runs."""
         self._unwritten: list[Failure] = []  # failed for good, their records not written
         self._saved: tuple[Any, ...] | None = None
 
@@ -182,3 +190,21 @@ class Checkpointer:
         if trouble is not None:
             log.warning("%s can be written again, after %.0fs; the run goes on", path,
                         time.monotonic() - trouble.since)
+
+
+def _set_aside(cfg: MasterConfig) -> None:
+    """--reset: the run's files are kept beside, as ``*.old`` (an older one is replaced), and
+    the run starts over."""
+    paths = [cfg.state_path, cfg.failures_path]
+    if cfg.retry_failures is not None:
+        paths.append(Rounds.of(cfg.retry_failures).previous)
+    kept = []
+    for path in paths:
+        if path.exists():
+            old = path.with_name(path.name + ".old")
+            path.replace(old)
+            kept.append(str(old))
+    if kept:
+        log.warning("--reset: starting over; kept the old files as %s", ", ".join(kept))
+    else:
+        log.info("--reset: starting over (there was nothing to set aside)")

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .target import FAILURES_SUFFIX, STATE_SUFFIX, Target, default_state_path, failures_path_for
+from .target import Target, default_state_path, failures_path_for
 
 # -- option defaults ------------------------------------------------------------------------
 
@@ -41,6 +41,10 @@ HEARTBEAT_INTERVAL_S = 1.0
 """Between two heartbeats of a slave, and two PINGs of the master."""
 CHECKPOINT_INTERVAL_S = 1.0
 PROGRESS_LOG_INTERVAL_S = 5.0
+FAILURE_SUMMARY_S = 5.0
+"""Failures after the first of their type are said in counts, at most this often."""
+RATE_WINDOW_S = 10.0
+"""The rate shown is over this much of the recent past."""
 """Between two progress log lines when the output is not a terminal."""
 RETRY_BACKOFF_BASE_S = 0.5
 RETRY_BACKOFF_MAX_S = 30.0
@@ -139,6 +143,8 @@ GONE_GRACE_S = 1.0
 """After a slave's process is known to be gone, how long its last messages (acknowledgements,
 its goodbye, its watchdog's word) have to be read before its leases are taken back: they were
 sent before it ended, but may come in after the news of its end, which travels another way."""
+SLAVES_PER_CPU_WARNING = 4
+"""tm-run warns when asked for more slaves than this many per CPU."""
 RESTART_HEALTHY_S = 60.0
 """A slave that ran this long before it died starts its count of deaths afresh."""
 RESTART_FIRST_S = 1.0
@@ -284,10 +290,16 @@ class MasterConfig:
             raise ConfigError(
                 f"--lease-timeout must exceed the heartbeat interval ({HEARTBEAT_INTERVAL_S}s)"
             )
-        if self.state_path is None and self.retry_failures is not None:
-            # A retry is a run of its own, named after the file it retries.
-            name = self.retry_failures.name.removesuffix(FAILURES_SUFFIX)
-            self.state_path = self.retry_failures.with_name(name + ".retry" + STATE_SUFFIX)
+        if self.retry_failures is not None:
+            from .retry import Rounds
+
+            # A retry is a run of its own, its files named after the file it retries (and a
+            # retry's own files name the same rounds: see retry.py). --state-file and
+            # --failures-file name the run it retries: the same command line, with
+            # --retry-failures added, is the retry.
+            rounds = Rounds.of(self.retry_failures)
+            self.retry_failures = rounds.original
+            self.state_path, self.failures_path = rounds.state, rounds.failures
         if self.state_path is None:
             self.state_path = default_state_path(self.target, self.kwargs)
         if self.failures_path is None:
@@ -325,6 +337,8 @@ class SlaveConfig:
     progress: bool = True
     """Log what this slave has done every few seconds (tm-spawn and tm-run turn it off: their
     master shows the run's progress)."""
+    report_failures: bool = True
+    """Log failed attempts here (tm-run's slaves leave that to their master)."""
     tag: str | None = None
     """The last part of its name, when its supervisor chose it (to know the name)."""
     parent_pid: int | None = None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import signal
+import traceback
 from dataclasses import dataclass
 
 EXIT_OK = 0
@@ -57,6 +60,26 @@ class UserCodeError(TaskmasterError):
     def __init__(self, message: str, user_traceback: str = "") -> None:
         super().__init__(message)
         self.user_traceback = user_traceback
+
+
+class BrokenTargetError(UserCodeError):
+    """The user's module cannot be imported (a syntax error, an import that fails)."""
+
+    exit_code = EXIT_USAGE
+
+
+_OURS = (os.path.dirname(os.path.abspath(importlib.__file__ or "")) + os.sep,
+         os.path.dirname(os.path.abspath(__file__)) + os.sep, "<frozen ")
+"""Where the frames that are not the user's come from: our package, the import machinery."""
+
+
+def user_traceback(e: BaseException) -> str:
+    """``e`` formatted as Python would, from the first frame of the user's own code: the
+    frames of ours (and of the import machinery) that led to it say nothing to them."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_OURS):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(e), e, tb))
 
 
 class InternalError(TaskmasterError):

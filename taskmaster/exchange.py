@@ -15,6 +15,7 @@ from .checkpointer import Checkpointer
 from .config import DROP_LOG_INTERVAL_S, MAX_MESSAGE_BYTES
 from .handout import Handout
 from .ledger import AckMismatchError, Failure, Ledger
+from .progress import plural
 from .registry import Registry, SlaveInfo
 from .state import safe_repr
 
@@ -115,8 +116,9 @@ class Exchange:
             return
         jobs = self.ledger.reclaim(slave.ident, beat.held, beat.seen)
         if jobs:
-            log.warning("slave %s does not hold %d jobs it was sent before the last message "
-                        "it received (lost in transit); they go out again", slave.name, jobs)
+            log.warning("slave %s does not hold %s it was sent before the last message it "
+                        "received (lost in transit); sent out again", slave.name,
+                        plural(jobs, "job"))
             # It has room again, but it is not waiting (its window was full), and with
             # nothing held it sends no acknowledgement that would be answered with work.
             self.handout.offer(slave, now)
@@ -146,6 +148,9 @@ class Exchange:
             if done.failures:
                 self._log_failures(slave, done.failures, final)
             self.checkpointer.record(self.ledger, final)
+        # Jobs done make room, in bytes too (leased jobs count against --max-buffer-mb): the
+        # stream may be waiting for it with the buffer empty.
+        self.handout.room_freed()
         if slave.leaving:
             if not self.ledger.held_by(slave.ident):
                 self.registry.forget(slave.ident)
@@ -168,11 +173,12 @@ class Exchange:
             self.registry.forget(slave.ident)
         self.handout.serve_waiting()
 
-    @staticmethod
-    def _log_failures(slave: SlaveInfo, failures: tuple[tuple[int, p.JobError], ...],
+    def _log_failures(self, slave: SlaveInfo, failures: tuple[tuple[int, p.JobError], ...],
                       final: list[Failure]) -> None:
+        digest = self.handout.digest
+        given_up = {id(f.error) for f in final}  # the policy hands on the error it was given
         for _index, error in failures:
-            log.warning("job failed on %s: %s: %s", slave.name, error.type, error.message)
+            if id(error) not in given_up:
+                digest.failed(error, f"a job on {slave.name}")
         for f in final:
-            log.error("job #%d %s failed for good after %d attempts:\n%s", f.origin,
-                      safe_repr(f.job, 200), f.attempts, f.error.traceback.rstrip())
+            digest.failed(f.error, f"job #{f.origin} {safe_repr(f.job, 80)}", final=True)

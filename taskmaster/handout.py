@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 
 from . import protocol as p
 from .checkpointer import Checkpointer
 from .config import DEFAULT_MAX_MESSAGE_BYTES
+from .digest import FailureDigest
 from .dispatch import JobSize, lease_for
 from .errors import (
     EXIT_OK,
@@ -28,6 +28,7 @@ from .errors import (
     UserCodeError,
 )
 from .ledger import Batch, Ledger
+from .progress import plural
 from .registry import Registry, SlaveInfo
 from .state import safe_repr
 
@@ -53,9 +54,11 @@ class Handout:
         self._send = send
         self.seal = seal
         self._stop = stop
-        self._room_freed = room_freed
+        self.room_freed = room_freed
+        """Tell the stream that jobs have left the master's hands."""
         self.max_message_bytes = max_message_bytes
         self.job_size = JobSize()
+        self.digest = FailureDigest(log)
         self.closed = False
         """No new leases (the run is stopping)."""
 
@@ -94,7 +97,7 @@ class Handout:
         else:
             self.registry.waiting.discard(slave.ident)
         if took:
-            self._room_freed()
+            self.room_freed()
 
     def _send_batch(self, slave: SlaveInfo, batch: Batch, rest: deque[Batch],
                     now: float) -> int | None:
@@ -175,16 +178,16 @@ class Handout:
         held = self.ledger.held_by(slave.ident)
         self.registry.forget(slave.ident)
         if not charge:
-            log.info("slave %s left (%s); %d leased jobs it did not finish go out again",
-                     slave.name, why, held)
+            log.info("slave %s left (%s); %s it did not finish %s out again", slave.name, why,
+                     plural(held, "leased job"), "goes" if held == 1 else "go")
             self.ledger.release(slave.ident)
             self.serve_waiting()
             return
-        log.warning("slave %s lost (%s); %d leased jobs go out again", slave.name, why, held)
+        log.warning("slave %s lost (%s); %s %s out again", slave.name, why,
+                    plural(held, "leased job"), "goes" if held == 1 else "go")
         final = self.ledger.lose(slave.ident, slave.started, slave.started_seen)
         for f in final:
-            log.error("job #%d %s recorded as failed: %s", f.origin, safe_repr(f.job, 200),
-                      f.error.message)
+            self.digest.failed(f.error, f"job #{f.origin} {safe_repr(f.job, 80)}", final=True)
         self.checkpointer.record(self.ledger, final)
         self.serve_waiting()
 
@@ -213,6 +216,5 @@ def _unpicklable(batch: Batch) -> UserCodeError:
         except Exception as e:  # noqa: BLE001
             return UserCodeError(
                 f"job #{batch.origin(i)} {safe_repr(job, 200)} cannot be pickled "
-                f"({type(e).__name__}: {e}); get_jobs must yield picklable values",
-                traceback.format_exc())
+                f"({type(e).__name__}: {e}); get_jobs must yield picklable values")
     return UserCodeError(f"batch from job #{batch.start} cannot be pickled", "")

@@ -39,10 +39,10 @@ from .errors import InternalError, Outcome, TaskmasterError, exit_code_for_signa
 from .exchange import Exchange
 from .handout import Handout
 from .ledger import Ledger
-from .progress import Progress, Snapshot
+from .progress import Progress, Snapshot, plural
 from .redelivery import Redelivery
 from .registry import Registry
-from .report import report_end
+from .report import already_complete, report_end
 from .signals import StopSignals
 from .state import safe_repr
 from .stream import feeder_for
@@ -90,19 +90,22 @@ class Master:
         self._resources.append(self.checkpointer)
         cp = self.checkpointer.resumed
         if cp is not None and cp.complete:
-            log.warning("run already complete (%d finished, %d failed), per %s; --reset "
-                        "starts it over", cp.finished, cp.failed, self.cfg.state_path)
-            return Outcome(cp.finished, cp.failed, already_complete=True)
+            return already_complete(self.cfg, cp)
         self.checkpointer.check()
-        log.info("state file: %s%s", self.cfg.state_path,
+        args = ", ".join(f"{k}={v!r}" for k, v in self.cfg.kwargs.items())
+        log.info("running %s(%s); state file: %s%s", self.cfg.target.identity, args,
+                 self.cfg.state_path,
                  f" (resuming at job #{cp.resume_seq}: {safe_repr(cp.last_job, 80)})"
-                 if cp is not None and cp.has_last else "")
+                 if cp is not None and cp.has_last else " (from the start)")
         return None
+
+    expected = "waiting for slaves (tm-slave or tm-spawn, with the same target and --address)"
+    """What the start says of the slaves to come (tm-run says how many it starts)."""
 
     def start(self) -> str:
         """Open the job stream and the socket; returns the address slaves connect to."""
         cfg, cp = self.cfg, self.checkpointer.resumed
-        self.feeder = feeder_for(self.get_jobs, cfg, cp)
+        self.feeder = feeder_for(self.get_jobs, cfg, cp, self.checkpointer.retry_source)
         self._resources.append(self.feeder)
         # Batch ids start at random, so a slave still finishing a batch of an earlier master
         # never confuses it with one of ours.
@@ -118,7 +121,8 @@ class Master:
                                max_message_bytes=cfg.max_message_bytes)
         self.exchange = Exchange(self.ledger, self.registry, self.handout, self.checkpointer,
                                  key=key, epoch=epoch)
-        log.info("master listening on %s (%s)", self.sock.address, cfg.security)
+        log.info("master listening on %s (%s); %s", self.sock.address, cfg.security,
+                 self.expected)
         # From now on (until close), a stop signal is a graceful stop, whenever it comes.
         self.signals.open()
         self._resources.append(self.signals)
@@ -149,8 +153,9 @@ class Master:
         outcome = Outcome(*self._totals(), signal=self.signals.requested, error=self._error)
         report_end(outcome, self.ledger.stats, dropped=self.exchange.dropped,
                    elapsed_s=time.monotonic() - self.started,
-                   failures_path=self.cfg.failures_path, saved=saved,
-                   on_disk=self.checkpointer.on_disk)
+                   state_path=self.cfg.state_path, failures_path=self.cfg.failures_path,
+                   saved=saved, on_disk=self.checkpointer.on_disk, digest=self.handout.digest,
+                   retrying=self.cfg.retry_failures is not None)
         return outcome
 
     def farewell(self, until: Callable[[], bool] = lambda: True,
@@ -231,7 +236,8 @@ class Master:
     def _tick(self) -> None:
         steps = (self._watch_slaves, _every(HEARTBEAT_INTERVAL_S, self._ping),
                  self._mind_the_disk, self._serve_waiting,
-                 _every(CHECKPOINT_INTERVAL_S, self._save_checkpoint), self._show_progress)
+                 _every(CHECKPOINT_INTERVAL_S, self._save_checkpoint), self._show_progress,
+                 self.handout.digest.flush)
         while True:
             gevent.sleep(MASTER_TICK_S)
             now = time.monotonic()
@@ -279,8 +285,8 @@ class Master:
         while self.ledger.leases and time.monotonic() < deadline:
             gevent.sleep(0.05)
         if self.ledger.leases:
-            log.warning("%d jobs still leased after %.0fs; they will run again on restart",
-                        self.ledger.leased, self.cfg.stop_wait_s)
+            log.warning("%s still leased after %.0fs; they will run again on restart",
+                        plural(self.ledger.leased, "job"), self.cfg.stop_wait_s)
 
     # -- the ending ------------------------------------------------------------------------
 
@@ -301,7 +307,8 @@ class Master:
         ledger, (finished, failed) = self.ledger, self._totals()
         return Snapshot(done=finished + failed, failed=failed, total=self.feeder.total,
                         buffered=ledger.buffered + ledger.requeued, leased=ledger.leased,
-                        slaves=len(self.registry), dropped=self.exchange.dropped)
+                        slaves=len(self.registry), dropped=self.exchange.dropped,
+                        paused="a file cannot be written" if self.checkpointer.blocked else "")
 
 
 def _every(interval_s: float, step: Callable[[float], None]) -> Callable[[float], None]:

@@ -8,11 +8,11 @@ Framing, signing and the choice of decoder are protocol.py's.
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .config import DEFAULT_MAX_MESSAGE_BYTES, MAX_ERROR_CHARS, MAX_HOST_CHARS, MAX_NAME_CHARS
+from .errors import user_traceback
 
 READY = b"READY"
 ACK = b"ACK"
@@ -43,8 +43,10 @@ class JobError:
 
     @classmethod
     def of(cls, e: BaseException) -> JobError:
+        """The error of a user's call that raised ``e`` (its traceback from the user's own
+        frames on)."""
         return cls(type(e).__name__, _str(e)[:MAX_ERROR_CHARS],
-                   "".join(traceback.format_exception(e))[-MAX_ERROR_CHARS:])
+                   user_traceback(e)[-MAX_ERROR_CHARS:])
 
     def to_wire(self) -> list[str]:
         return [self.type, self.message, self.traceback]

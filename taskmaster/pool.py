@@ -19,9 +19,11 @@ import gevent
 import gevent.event
 
 from .config import STEAL_AFTER_S
+from .digest import FailureDigest
 from .holdings import Failures, HeldBatch, Holdings, Piece
 from .messages import JobError
 from .pacing import Pacing
+from .state import safe_repr
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class WorkerPool:
 
     def __init__(self, handle_job: Callable[[Any], Any], concurrency: int, holdings: Holdings,
                  pacing: Pacing, *, done: PieceDone, between: Callable[[], None],
-                 job_timeout_s: float | None = None) -> None:
+                 job_timeout_s: float | None = None, report_failures: bool = True) -> None:
         self.handle_job = handle_job
         self.concurrency = concurrency
         self.holdings = holdings
@@ -81,6 +83,8 @@ class WorkerPool:
         """With a --job-timeout: for each job running, since when, and which (its batch and
         index in it), by the id of the frame of `_run_timed` that runs it; read by the
         slave's watchdog, from its own thread (see `in_hand`)."""
+        self.digest = FailureDigest(log) if report_failures else None
+        """What this slave says of the failures it sees (none: its master says them)."""
         self.out_of_memory = False
         """A job raised MemoryError: this process should be replaced."""
         self._isolation = Isolation()
@@ -199,8 +203,10 @@ class WorkerPool:
         return None
 
     def _failed(self, piece: Piece, failures: Failures, index: int, error: JobError) -> None:
-        log.warning("handle_job(%.80r) raised %s: %s", piece.jobs[index], error.type,
-                    error.message)
+        job = safe_repr(piece.jobs[index], 80)
+        log.debug("handle_job(%s) raised %s: %s", job, error.type, error.message)
+        if self.digest is not None:
+            self.digest.failed(error, f"handle_job({job})")
         failures.append((piece.offset + index, error))
         if error.type == "MemoryError":
             self.out_of_memory = True

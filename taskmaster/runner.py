@@ -11,9 +11,12 @@ feeder's thread), which is why the forks come before `Master.start`.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable
 
 import gevent
+import gevent.os
 
 from .config import SLAVE_EXIT_GRACE_S, SUPERVISE_POLL_S, MasterConfig, asks_for_a_port
 from .errors import (
@@ -52,17 +55,24 @@ def run_here(cfg: MasterConfig, get_jobs: Callable[..., object], n: int, *,
         master.slave_gone(name, status)
 
     master = Master(cfg, get_jobs, leave_now=leave_now)
+    master.expected = f"starting {n} local slaves"
     outcome: Outcome | None = None
+    # On a terminal the master's progress line holds stderr: the slaves write to it through us.
+    relay = Relay() if cfg.progress and sys.stderr.isatty() else None
     try:
         outcome = master.open()
         if outcome is not None:
             return outcome
+        stderr = relay.fd if relay is not None else None
         if not asks_for_a_port(cfg.address):
             supervisors.append(Supervisor(slave_argv(cfg.address), n, env, fork=fork,
-                                          on_exit=gone))
+                                          on_exit=gone, stderr=stderr))
         address = master.start()
+        if relay is not None:
+            relay.start()  # not before the forks: they would run it too
         if not supervisors:
-            supervisors.append(Supervisor(slave_argv(address), n, env, on_exit=gone))
+            supervisors.append(Supervisor(slave_argv(address), n, env, on_exit=gone,
+                                          stderr=stderr))
         sup = supervisors[0]
         watcher = gevent.spawn(_watch, sup, master, n)
         watcher.link_exception(
@@ -81,6 +91,8 @@ def run_here(cfg: MasterConfig, get_jobs: Callable[..., object], n: int, *,
             # After a complete run the slaves have been told so and leave by themselves.
             done = outcome is not None and outcome.exit_code in (EXIT_OK, EXIT_FAILED)
             sup.stop(grace_s=SLAVE_EXIT_GRACE_S if done else 0)
+        if relay is not None:
+            relay.close()
         cleanup()
 
 
@@ -91,3 +103,35 @@ def _watch(sup: Supervisor, master: Master, n: int) -> None:
     if sup.all_gave_up():
         master.stop(TaskmasterError(f"all {n} slaves are down for good; see their messages "
                                     "above"))
+
+
+class Relay:
+    """A pipe for the slaves' stderr, whose lines we write to ours as they come: while the
+    progress line is shown, above it."""
+
+    def __init__(self) -> None:
+        self._read, self.fd = os.pipe()
+        os.set_blocking(self._read, False)
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        pending = b""
+        while data := gevent.os.nb_read(self._read, 65536):
+            pending += data
+            lines, _, pending = pending.rpartition(b"\n")
+            if lines:
+                sys.stderr.write(lines.decode(errors="replace") + "\n")
+                sys.stderr.flush()
+        if pending:
+            sys.stderr.write(pending.decode(errors="replace") + "\n")
+
+    def close(self) -> None:
+        """After the slaves are gone: what they wrote last is passed on, and the pipe closed."""
+        os.close(self.fd)  # the last writer: the pipe ends once what is in it is read
+        if self._greenlet is not None:
+            self._greenlet.join(timeout=2)
+            self._greenlet.kill()
+        os.close(self._read)

@@ -67,7 +67,8 @@ class Slave:
         self.pacing = Pacing(cfg.concurrency)
         self.pool = WorkerPool(handle_job, cfg.concurrency, self.holdings, self.pacing,
                                done=self._piece_done, between=self._take_messages,
-                               job_timeout_s=cfg.job_timeout_s)
+                               job_timeout_s=cfg.job_timeout_s,
+                               report_failures=cfg.report_failures)
         # Python's own handlers, not gevent's: a callback that holds the hub would hold those.
         self.signals = StopSignals(
             on_second=lambda signum: end_process(exit_code_for_signal(signum), True),
@@ -128,6 +129,8 @@ class Slave:
             due = self.holdings.report_due
             if due is not None and now - due >= ACK_DELAY_S:
                 self._report()
+            if self.pool.digest is not None:
+                self.pool.digest.flush(now)
             silent = now - self._last_heard
             if silent > self.cfg.master_timeout_s:
                 log.error("no master at %s for %.0fs; giving up (is tm-master running there? "

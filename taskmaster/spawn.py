@@ -165,9 +165,12 @@ class Supervisor:
 
     def __init__(self, argv: list[str], n: int, env: dict[str, str] | None = None,
                  fork: Callable[[str], int] | None = None,
-                 on_exit: Callable[[str, int], None] | None = None) -> None:
+                 on_exit: Callable[[str, int], None] | None = None,
+                 stderr: int | None = None) -> None:
         self.argv = argv
         self.env = dict(os.environ if env is None else env)
+        self.stderr = stderr
+        """Where the slaves' stderr goes (a file descriptor), if not to ours."""
         self.on_exit = on_exit or (lambda name, status: None)
         self.stopping = False
         self.children = [self._launch(i, fork) for i in range(n)]
@@ -175,13 +178,19 @@ class Supervisor:
     def _launch(self, index: int, fork: Callable[[str], int] | None = None) -> _Child:
         tag = uuid.uuid4().hex[:6]
         if fork is not None:
-            proc: subprocess.Popen[bytes] | Forked = Forked(lambda: fork(tag))
+            def body() -> int:
+                if self.stderr is not None:
+                    os.dup2(self.stderr, 2)
+                return fork(tag)
+
+            proc: subprocess.Popen[bytes] | Forked = Forked(body)
             log.debug("forked slave %d as pid %d", index, proc.pid)
         else:
             # A session of its own: Ctrl-C on a terminal reaches only us, and we pass it on
             # once (a slave takes a second signal as "leave now").
             env = {**self.env, PARENT_ENV: str(os.getpid()), TAG_ENV: tag}
-            proc = subprocess.Popen(self.argv, env=env, start_new_session=True)
+            proc = subprocess.Popen(self.argv, env=env, start_new_session=True,
+                                    stderr=self.stderr)
             log.debug("started slave %d as pid %d", index, proc.pid)
         return _Child(index, proc, tag)
 

@@ -135,8 +135,15 @@ class StateFile:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError as e:  # a full disk: not even the holder's name fits
+            with contextlib.suppress(OSError):
+                os.unlink(self._lock_path)
+            os.close(fd)
+            raise StateError(f"cannot write state file {self.path}: {e.strerror}; free some "
+                             "room, or choose another --state-file") from None
         self._lock_fd = fd
         _LOCKED.add(self)
 
@@ -257,13 +264,41 @@ class FailureLog:
         file's place, a read-only place are StateErrors), leaving no empty file behind."""
         existed = self.path.exists()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
             raise StateError(f"cannot write failures file {self.path}: {e.strerror}; choose "
                              "another --failures-file") from None
-        os.close(fd)
+        try:
+            self._drop_torn_tail(fd)
+        finally:
+            os.close(fd)
         if not existed:
             self.path.unlink()
+
+    def _drop_torn_tail(self, fd: int) -> None:
+        """A record cut short at the end (its master died mid-write) is dropped, or the next
+        record would be glued to it: it was never settled, so its job runs again."""
+        size = os.fstat(fd).st_size
+        if not size:
+            return
+        tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        keep = size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= len(tail) else None)
+        if keep is None:  # a last record over a MiB long: find its start the slow way
+            with open(self.path, "rb") as f:
+                keep = 0
+                for line in f:
+                    if line.endswith(b"\n"):
+                        keep += len(line)
+        try:
+            os.ftruncate(fd, keep)
+        except OSError as e:
+            raise StateError(f"cannot write failures file {self.path}: {e.strerror}; choose "
+                             "another --failures-file") from None
+        log.warning("%s ended in a record cut short (%d bytes, from a master that stopped "
+                    "mid-write); dropped it: its job runs again", self.path, size - keep)
 
     def record(self, failures: list[Failure]) -> None:
         """Append the records and fsync them, all or none: raises OSError when the disk will

@@ -52,11 +52,14 @@ def recorded_jobs(path: Path) -> sized:
     return sized(read_failures(path), total=count_failures(path))
 
 
-def feeder_for(get_jobs: Callable[..., Any], cfg: MasterConfig, cp: Checkpoint | None) -> Feeder:
-    """The feeder of a run that starts from ``cp`` (None: from scratch)."""
+def feeder_for(get_jobs: Callable[..., Any], cfg: MasterConfig, cp: Checkpoint | None,
+               retry_source: Path | None = None) -> Feeder:
+    """The feeder of a run that starts from ``cp`` (None: from scratch); a retry runs the
+    records of ``retry_source``."""
     resume = cp.resume_seq if cp is not None and cp.has_last else 0
-    if cfg.retry_failures is not None:
-        path = cfg.retry_failures
+    retry_source = retry_source or cfg.retry_failures  # the first round's: the file itself
+    if retry_source is not None:
+        path = retry_source
         log.info("retrying the jobs recorded in %s%s", path,
                  f", from record #{resume}" if resume else "")
         # A file of records is resumed by position: the records before it are settled.

@@ -26,7 +26,7 @@ from .config import (
     RECONNECT_MAX_MS,
     signing_key,
 )
-from .errors import InternalError, TransportError
+from .errors import ConfigError, InternalError, TransportError
 from .protocol import HEARTBEAT_SUFFIX, Gone, Seal
 
 log = logging.getLogger(__name__)
@@ -286,18 +286,28 @@ class Curve:
 CURVE_NAMES = ("master", "slave")
 
 
-def make_curve_keys(directory: Path) -> list[Path]:
-    """Write a master and a slave key pair into ``directory``; return the files made."""
+def make_curve_keys(directory: Path, force: bool = False) -> list[Path]:
+    """Write a master and a slave key pair into ``directory``; return the files made. Keys
+    already there are kept (a ConfigError) unless ``force``."""
     import zmq.auth
 
     if not zmq.has("curve"):
         raise TransportError("this libzmq was built without CurveZMQ support")
-    directory.mkdir(parents=True, exist_ok=True)
+    there = [directory / f"{name}{end}" for name in CURVE_NAMES for end in (".key", ".key_secret")
+             if (directory / f"{name}{end}").exists()]
+    if there and not force:
+        raise ConfigError(f"{there[0]} exists: keys are already in {directory}; --force "
+                          "replaces them (whoever holds the old ones can no longer connect)")
     made: list[Path] = []
-    for name in CURVE_NAMES:
-        public, secret = zmq.auth.create_certificates(str(directory), name)
-        Path(secret).chmod(0o600)
-        made += [Path(public), Path(secret)]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in CURVE_NAMES:
+            public, secret = zmq.auth.create_certificates(str(directory), name)
+            Path(secret).chmod(0o600)
+            made += [Path(public), Path(secret)]
+    except OSError as e:
+        raise ConfigError(f"cannot write keys in {directory}: {e.strerror}; choose a "
+                          "directory you can write") from None
     return made
 
 

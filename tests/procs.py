@@ -19,7 +19,8 @@ import psutil
 TESTS = Path(__file__).resolve().parent
 JOBS = TESTS / "jobs"
 
-COMMANDS = {"tm-master": "master", "tm-slave": "slave", "tm-spawn": "spawn", "tm-run": "run"}
+COMMANDS = {"tm-master": "master", "tm-slave": "slave", "tm-spawn": "spawn", "tm-run": "run",
+            "tm-keygen": "keygen"}
 
 T = TypeVar("T")
 

@@ -358,11 +358,12 @@ def test_callback_raises_retried_then_recorded(procs: Procs, tmp_path: Path) -> 
     run = Run(procs, tmp_path)
     env = run.env(FAIL_EVERY=every)
     master = run.master(f"count={n}", "--max-retries", str(retries))
-    slave = run.slave(env=env)
+    slave = run.slave("--log-level", "DEBUG", env=env)  # every attempt, with its time
     code, _ = exits(master, 60)
     assert code == 1, master.output
-    assert re.search(rf"{len(failing)} jobs failed; see {re.escape(str(run.failures))}",
-                     master.output), master.output
+    assert re.search(rf"{len(failing)} jobs failed for good \(ValueError {len(failing)}\); "
+                     rf"their records, tracebacks included, are in "
+                     rf"{re.escape(str(run.failures))}", master.output), master.output
     records = run.failure_records()
     assert sorted(r["seq"] for r in records) == sorted(failing), records
     for r in records:
@@ -638,10 +639,12 @@ def test_a_retry_that_fails_again_records_the_original_sequence_numbers(
     run = Run(procs, tmp_path)
     failing = run_with_failures(run, n, every)
 
-    again = tmp_path / "again.failures.jsonl"
+    # Its own records are beside the file it retries (--failures-file names the run it
+    # retries: the same command line with --retry-failures added is the retry).
+    again = tmp_path / "run.retry.failures.jsonl"
     retry = procs.start("tm-master", "--retry-failures", str(run.failures), "ledger_jobs",
-                        "--failures-file", str(again), "--max-retries", "0", "--address",
-                        ANY_PORT, "--no-progress", env=run.env())
+                        "--failures-file", str(run.failures), "--max-retries", "0",
+                        "--address", ANY_PORT, "--no-progress", env=run.env())
     run.address = listening_on(retry)  # no slave of the first master is left to rejoin
     slave = run.slave(env=run.env(FAIL_EVERY=every))
     assert retry.wait(40) == 1, retry.output

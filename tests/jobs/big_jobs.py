@@ -7,12 +7,14 @@ came whole. A resumed stream starts from the number of ``last``, inclusive.
 
 handle_job checks the job (a ValueError if it was cut or mangled on the way, which the run then
 records as a failure) and appends its number to $LEDGER, one line per executed job, as
-`ledger_jobs` does.
+`ledger_jobs` does. $SLEEP_S, when set, makes each job sleep that long first (gevent-friendly):
+slaves slower than the stream, so that what the master holds is bounded by its buffer alone.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 MIB = 1024 * 1024
 _MARK = 8
@@ -46,6 +48,9 @@ def handle_job(job):
     if not isinstance(job, bytes) or len(job) < 2 * _MARK or job[:_MARK] != job[-_MARK:]:
         raise ValueError(f"job mangled on the way: {type(job).__name__} of {len(job)} bytes")
     number = job_number(job)
+    sleep_s = float(os.environ.get("SLEEP_S", "0"))
+    if sleep_s:
+        time.sleep(sleep_s)
     # One write() per line under O_APPEND: lines from concurrent slaves never interleave.
     fd = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
