@@ -79,14 +79,20 @@ class Speed:
         return max(0, total - done) / rate
 
 
+CLEAR_TO_END = "\x1b[K"
+"""Erases what is left of the row: a line drawn shorter than the last (the terminal narrowed,
+a field dropped) leaves nothing of it behind."""
+
+
 class RunLine(progressbar.widgets.AutoWidthWidgetBase):
     """The whole line, from the bar's variables ``head`` and ``rest`` (see `fit`), fitted to
-    the width it is given (a column short of it: a full row would wrap on some terminals)."""
+    the width it is given (progressbar2 gives a column less than the terminal's: a full row
+    would wrap on some terminals)."""
 
     def __call__(self, progress: Any, data: Any, width: int = 0) -> str:
         variables = data["variables"]
-        return fit(variables["head"], list(variables["rest"]), width - 1,
-                   data.get("value") or 0, data.get("max_value"))
+        return fit(variables["head"], list(variables["rest"]), width,
+                   data.get("value") or 0, data.get("max_value")) + CLEAR_TO_END
 
 
 def fit(head: str, rest: list[str], width: int, value: float, total: Any) -> str:
