@@ -177,11 +177,7 @@ from ledger_jobs import get_jobs
 
 
 def handle_job(job):
-    fd = os.open(os.environ["ATTEMPTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{job}\\n".encode())
-    finally:
-        os.close(fd)
+    ledger_jobs.append(os.environ["ATTEMPTS"], job)
     ledger_jobs.handle_job(job)
 '''
 

@@ -24,8 +24,13 @@ def handle_job(job):
     fail_every = int(os.environ.get("FAIL_EVERY", "0"))
     if fail_every and job % fail_every == 0:
         raise ValueError(f"job {job} fails on purpose")
-    # One write() per line under O_APPEND: lines from concurrent slaves never interleave.
-    fd = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    append(os.environ["LEDGER"], job)
+
+
+def append(path, job):
+    """Add ``job`` as a line of the file at ``path``: one write() under O_APPEND, so that
+    lines from concurrent slaves never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{job}\n".encode())
     finally:

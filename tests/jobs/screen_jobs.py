@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import time
 
+import ledger_jobs
+
 
 def get_jobs(last=None, count="3000"):
     return range(0 if last is None else int(last), int(count))
@@ -20,10 +22,5 @@ def handle_job(job):
     fail_every = int(os.environ.get("FAIL_EVERY", "0"))
     if fail_every and job % fail_every == 0:
         raise ValueError(f"job {job} fails on purpose")
-    ledger = os.environ.get("LEDGER")
-    if ledger:
-        fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{job}\n".encode())
-        finally:
-            os.close(fd)
+    if os.environ.get("LEDGER"):
+        ledger_jobs.append(os.environ["LEDGER"], job)
