@@ -197,7 +197,10 @@ def _set_aside(cfg: MasterConfig) -> None:
     the run starts over."""
     paths = [cfg.state_path, cfg.failures_path]
     if cfg.retry_failures is not None:
-        paths.append(Rounds.of(cfg.retry_failures).previous)
+        rounds = Rounds.of(cfg.retry_failures)
+        paths += [rounds.previous, rounds.stamp]
+    else:  # the retries of this run's failures are of the run set aside
+        paths += Rounds(cfg.failures_path).files
     kept = []
     for path in paths:
         if path.exists():

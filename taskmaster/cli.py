@@ -93,13 +93,15 @@ def _slave_config(target: str, address: str, opts: dict[str, Any],
         **_security(opts, secret))
 
 
-def _slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str) -> list[str]:
+def _slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str,
+                quiet_failures: bool = False) -> list[str]:
     from .spawn import slave_command
 
     argv = ["--address", address, "--concurrency", str(opts["concurrency"]),
             "--master-timeout", str(opts["master_timeout"]), "--log-level", log_level,
-            "--max-message-mb", str(opts["max_message_mb"]), "--no-progress",
-            "--quiet-failures"]
+            "--max-message-mb", str(opts["max_message_mb"]), "--no-progress"]
+    if quiet_failures:  # tm-run's: its master, on the same terminal, says them
+        argv.append("--quiet-failures")
     for flag, key in (("--job-timeout", "job_timeout"), ("--max-jobs-per-slave", "max_jobs"),
                       ("--max-memory", "max_memory")):
         if opts[key] is not None:
@@ -259,7 +261,8 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
                 dataclasses.replace(slave_cfg, tag=tag, supervised=True, report_failures=False),
                 handle_job))
             return run_here(cfg, get_jobs, n, env=env, fork=fork, cleanup=cleanup,
-                            slave_argv=lambda bound: _slave_argv(script, bound, opts, log_level))
+                            slave_argv=lambda bound: _slave_argv(script, bound, opts, log_level,
+                                                                 quiet_failures=True))
         finally:
             cleanup()
 

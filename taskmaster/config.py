@@ -41,11 +41,11 @@ HEARTBEAT_INTERVAL_S = 1.0
 """Between two heartbeats of a slave, and two PINGs of the master."""
 CHECKPOINT_INTERVAL_S = 1.0
 PROGRESS_LOG_INTERVAL_S = 5.0
+"""Between two progress log lines when the output is not a terminal."""
 FAILURE_SUMMARY_S = 5.0
 """Failures after the first of their type are said in counts, at most this often."""
 RATE_WINDOW_S = 10.0
 """The rate shown is over this much of the recent past."""
-"""Between two progress log lines when the output is not a terminal."""
 RETRY_BACKOFF_BASE_S = 0.5
 RETRY_BACKOFF_MAX_S = 30.0
 

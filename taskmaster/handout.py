@@ -158,6 +158,8 @@ class Handout:
         self.registry.waiting.discard(slave.ident)
         if slave.gone is None:
             slave.gone = (now, code, why)
+        elif slave.gone[1] is None and code is not None:
+            slave.gone = (slave.gone[0], code, why)  # how it ended, learnt later
         if not self.ledger.held_by(slave.ident):
             self.registry.forget(slave.ident)
         self.serve_waiting()  # what it handed back, or was never sent, goes to others now

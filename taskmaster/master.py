@@ -251,7 +251,9 @@ class Master:
             self.registry.excuse(now)
         self._last_tick = now
         for slave in self.registry.silent(now, self.cfg.lease_timeout_s):
-            self.handout.lose(slave, f"silent for {now - slave.last_seen:.0f}s")
+            # A slave that said goodbye was finishing its jobs to leave: no death to charge.
+            self.handout.lose(slave, f"silent for {now - slave.last_seen:.0f}s",
+                              charge=not slave.said_bye)
         self.handout.settle_departed(now, GONE_GRACE_S)
         self._check_complete()
 

@@ -114,8 +114,9 @@ class WorkerPool:
             piece = self.holdings.next_piece() or self._steal()
             if piece is None:
                 self._work.clear()
-                # While pieces run, look again now and then for one held up by a slow job.
-                self._work.wait(STEAL_AFTER_S if self._pieces else None)
+                # While pieces run (or wait to, behind a suspect), look again now and then for
+                # one held up by a slow job.
+                self._work.wait(STEAL_AFTER_S if self.running else None)
                 continue
             self.running += 1
             self.pacing.started(self.running)

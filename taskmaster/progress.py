@@ -138,6 +138,8 @@ class Progress:
                     max_value=s.total or progressbar.UnknownLength, widgets=[RunLine()],
                     variables={"head": "", "rest": ()}, fd=sys.stderr, redirect_stderr=True)
                 self._bar.start()
+            elif s.total and self._bar.max_value is progressbar.UnknownLength:
+                self._bar.max_value = s.total  # the stream told its length late
             head, rest = self._fields()
             self._bar.update(min(s.done, s.total) if s.total else s.done, force=True,
                              head=head, rest=tuple(rest))
@@ -150,7 +152,8 @@ class Progress:
         s, speed = self._last, self._speed
         assert s is not None and speed is not None
         if s.total:
-            head = f"{s.done:,}/{s.total:,} {100 * s.done / s.total:.0f}%"
+            # Rounded down: 100% means done.
+            head = f"{s.done:,}/{s.total:,} {100 * s.done // s.total}%"
         else:
             head = f"{s.done:,} done"
         rest = [f"{speed.rate:,.0f}/s"]

@@ -39,7 +39,12 @@ class Rounds:
         name = path.name
         for suffix in (RETRY + FAILURES_SUFFIX, PREVIOUS_SUFFIX):
             if name.endswith(suffix):
-                return cls(path.with_name(name.removesuffix(suffix) + FAILURES_SUFFIX))
+                base = name.removesuffix(suffix)
+                named = path.with_name(base + FAILURES_SUFFIX)
+                # The original was named base.failures.jsonl, or (given a name of its own
+                # by --failures-file) base itself.
+                bare = path.with_name(base)
+                return cls(bare if bare.exists() and not named.exists() else named)
         return cls(path)
 
     @property
@@ -60,10 +65,29 @@ class Rounds:
         """What the last round recorded: the source of the round after it."""
         return self.original.with_name(self._base + PREVIOUS_SUFFIX)
 
+    @property
+    def stamp(self) -> Path:
+        """The size and time of ``original`` when the rounds began: if it changes (its run
+        went on and recorded more), the rounds start over from it."""
+        return self.original.with_name(self._base + RETRY + ".source")
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.state, self.failures, self.previous, self.stamp)
+
     def begin(self, state: StateFile, failures: Path) -> Path:
         """With ``state`` locked: when the last round is over and left failures, start the
-        next one (its state forgotten, its records moved aside to be its source). Returns the
-        file the round now running retries."""
+        next one (its state forgotten, its records moved aside to be its source); when the
+        original has changed since the rounds began, start them over. Returns the file the
+        round now running retries."""
+        if self._changed():
+            log.warning("%s has changed since its retries began: they start over from it "
+                        "(the files of the earlier rounds are kept as *.old)", self.original)
+            for path in self.files:
+                if path.exists():
+                    path.replace(path.with_name(path.name + ".old"))
+        if not self.stamp.exists():
+            self.stamp.write_text(_fingerprint(self.original))
         cp = state.load()
         left = _records(failures)
         if cp is not None and cp.complete and left:
@@ -77,6 +101,12 @@ class Rounds:
                      self.previous)
         return self.previous if self.previous.exists() else self.original
 
+    def _changed(self) -> bool:
+        try:
+            return self.stamp.read_text() != _fingerprint(self.original)
+        except FileNotFoundError:
+            return False
+
     def still_failed(self) -> int | None:
         """How many jobs of ``original`` are still failed after its retries: None when no
         round has completed (all of them, then)."""
@@ -85,9 +115,14 @@ class Rounds:
             cp = state.load()
         except Exception:  # noqa: BLE001 - an unreadable retry state says nothing of them
             return None
-        if cp is None or not cp.complete:
+        if cp is None or not cp.complete or self._changed():
             return None
         return _records(self.failures)
+
+
+def _fingerprint(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns}\n"
 
 
 def _records(path: Path) -> int:

@@ -6,10 +6,15 @@ written to a file, so that each round is seen to run exactly the jobs still fail
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 from pathlib import Path
 
+import pytest
+
 from procs import Proc, Procs, wait_for
+from taskmaster.retry import Rounds
 
 RUN_S = 60.0
 BROKEN = set(range(0, 100, 10))
@@ -78,8 +83,8 @@ def test_the_same_command_again_runs_the_jobs_still_failed_until_it_exits_0(
     assert (code, ran) == (0, set()), original.output
     assert "those have since run again without failing" in original.output
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["run.failures.jsonl", "run.retry.previous.jsonl", "run.retry.tmstate",
-                     "run.tmstate"], "no name grew a suffix, no lock was left"
+    assert names == ["run.failures.jsonl", "run.retry.previous.jsonl", "run.retry.source",
+                     "run.retry.tmstate", "run.tmstate"], "no name grew a suffix, no lock was left"
 
 
 def test_a_round_stopped_mid_way_resumes_where_it_was(procs: Procs, tmp_path: Path) -> None:
@@ -111,3 +116,37 @@ def test_reset_keeps_the_old_files_and_says_so(procs: Procs, tmp_path: Path) -> 
                      r"\S+run\.failures\.jsonl\.old", reset.output), reset.output
     assert (tmp_path / "run.tmstate.old").exists()
     assert (tmp_path / "run.failures.jsonl.old").read_text().count("\n") == 10
+
+
+def test_retries_start_over_when_the_run_they_retry_has_recorded_more(
+        procs: Procs, tmp_path: Path) -> None:
+    """The run is stopped mid-way; its failures so far are retried until none is left; the
+    run is then resumed and records more: retrying again runs the new ones (the rounds start
+    over from the changed file), and nothing claims they have all run."""
+    loop = Loop(procs, tmp_path)
+    first = loop.start(0, "count=1000", "-c", "1", slow=0.005)
+    wait_for(lambda: loop.failures.exists() and loop.failures.read_text().count("\n") >= 5,
+             RUN_S, "5 failure records", first)
+    first.proc.send_signal(signal.SIGINT)
+    assert first.wait(RUN_S) == 130, first.output
+    recorded = {int(json.loads(line)["seq"]) for line in loop.failures.read_text().splitlines()}
+    code, retry, ran = loop.run(100, "count=1000", "--retry-failures", str(loop.failures))
+    assert (code, ran) == (0, recorded), retry.output
+    code, resumed, _ = loop.run(0, "count=1000")
+    assert code == 1, resumed.output
+    everything = set(range(0, 1000, 10))
+    code, again, ran = loop.run(100, "count=1000", "--retry-failures", str(loop.failures))
+    assert code == 0, again.output
+    assert "has changed since its retries began" in again.output, again.output
+    assert ran == everything, f"not retried: {sorted(everything - ran)[:10]}"
+
+
+@pytest.mark.parametrize("name", ["run.failures.jsonl", "bad.jsonl"])
+def test_a_retrys_own_files_name_the_same_rounds(tmp_path: Path, name: str) -> None:
+    original = tmp_path / name
+    original.write_text("")
+    rounds = Rounds.of(original)
+    assert rounds.original == original
+    for own in (rounds.failures, rounds.previous):
+        assert Rounds.of(own) == rounds, own
+    assert ".retry.retry" not in str(Rounds.of(rounds.failures).failures)
