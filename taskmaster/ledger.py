@@ -168,17 +168,21 @@ class Ledger:
             raise AckMismatchError(f"acknowledgement of batch {bid} names jobs it does not hold")
         self._leases.remove(batch)
         self.stats.finished += len(batch.jobs) - len(failures)
-        final: list[Failure] = []
-        for index, error in failures:
-            attempts = batch.attempts + 1
-            verdict = self.policy.after_error(attempts, error, now)
-            if isinstance(verdict, GiveUp):
-                final.append(self._give_up(batch, index, attempts, slave, verdict.error))
-            else:
-                self.stats.retried += 1
-                self._again.retrying.append(batch.single(index, attempts=attempts,
-                                                         not_before=verdict.at, avoid=slave))
-        return final
+        return [f for index, error in failures
+                if (f := self._failed_attempt(batch, index, error, slave, now)) is not None]
+
+    def _failed_attempt(self, batch: Batch, index: int, error: JobError, slave: bytes,
+                        now: float) -> Failure | None:
+        """Job ``index`` of ``batch`` failed once more: retried as the policy says, or given
+        up on (the failure to record, returned)."""
+        attempts = batch.attempts + 1
+        verdict = self.policy.after_error(attempts, error, now)
+        if isinstance(verdict, GiveUp):
+            return self._give_up(batch, index, attempts, slave, verdict.error)
+        self.stats.retried += 1
+        self._again.retrying.append(batch.single(index, attempts=attempts,
+                                                 not_before=verdict.at, avoid=slave))
+        return None
 
     def hand_back(self, slave: bytes, bids: tuple[int, ...] | list[int]) -> int:
         """A slave returns batches it never started (or never got): they go out again before
@@ -241,14 +245,9 @@ class Ledger:
         final: list[Failure] = []
         if batch is not None and 0 <= index < len(batch.jobs):
             self._leases.remove(batch)
-            attempts = batch.attempts + 1
-            verdict = self.policy.after_error(attempts, error, now)
-            if isinstance(verdict, GiveUp):
-                final.append(self._give_up(batch, index, attempts, slave, verdict.error))
-            else:
-                self.stats.retried += 1
-                self._again.retrying.append(batch.single(index, attempts=attempts,
-                                                         not_before=verdict.at, avoid=slave))
+            failure = self._failed_attempt(batch, index, error, slave, now)
+            if failure is not None:
+                final.append(failure)
             for part in (batch.part(0, index), batch.part(index + 1, len(batch.jobs))):
                 if part.jobs:
                     self._again.push(part)
