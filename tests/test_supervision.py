@@ -19,13 +19,12 @@ import re
 import signal
 import sys
 import time
-from collections import Counter
-from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 
 import psutil
 import pytest
+from test_faults import check_ledger, count_lines, exits, log_time, wait_count
 
 import taskmaster.spawn as spawn_module
 from procs import ANY_PORT, Proc, Procs, listening_on, read_ledger, wait_for
@@ -105,38 +104,13 @@ class Run:
             return {}
 
 
-def check_ledger(what: str, ledger: list[int], expected: set[int]) -> Counter[int]:
-    """No job lost, nothing unexpected run; say how many jobs ran more than once."""
-    runs = Counter(ledger)
-    lost = expected - set(runs)
-    extra = set(runs) - expected
-    twice = sum(1 for c in runs.values() if c > 1)
-    print(f"\n[{what}] {len(expected)} jobs: {len(lost)} lost, {twice} ran more than once")
-    assert not lost, f"{len(lost)} jobs lost, e.g. {sorted(lost)[:20]}"
-    assert not extra, f"jobs that should not have run did: {sorted(extra)[:20]}"
-    return runs
-
-
-def count_lines(proc: Proc, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return sum(1 for line in list(proc.lines) if rx.search(line))
-
-
-def wait_count(proc: Proc, pattern: str, n: int, timeout: float = START_S) -> None:
-    """Wait until ``n`` lines of ``proc`` (which must not exit) match ``pattern``."""
-    wait_for(lambda: count_lines(proc, pattern) >= n, timeout,
-             f"{n} lines matching {pattern!r}", proc)
-
-
-def exits(proc: Proc, timeout: float) -> tuple[int, float]:
-    """Exit status and how long it took to come."""
-    started = time.monotonic()
-    code = proc.wait(timeout)
-    return code, time.monotonic() - started
-
-
-def log_time(line: str) -> datetime:
-    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+def another_spawn_completes(run: Run, master: Proc, env: dict[str, str], n: int,
+                            what: str) -> None:
+    """A new tm-spawn of 2 slaves finishes the run of ``master``: every job ran."""
+    again = run.spawn(2, "-c", "5", env=env)
+    assert master.wait(RUN_S) == 0, master.output
+    assert again.wait(20) == 0, again.output
+    check_ledger(what, run.jobs(), set(range(n)))
 
 
 def is_gone(p: psutil.Process) -> bool:
@@ -184,14 +158,14 @@ def test_slaves_die_with_tm_run_on_sigkill(procs: Procs, tmp_path: Path) -> None
     env = run.env(SLEEP_S=0.01)
     before = tm_run_files()
     tm = run.tm_run(2, f"count={n}", "-c", "5", env=env)
-    wait_count(tm, r"slave \S+ joined", 2)
+    wait_count(tm, r"slave \S+ joined", 2, START_S)
     run.wait_ledger(200, tm)
     forked = slaves_of(tm, 2)
     # One of the forks dies: its slot comes back as a fresh interpreter, which dies with its
     # supervisor by another way (told its parent's pid) than the forks do.
     forked[0].kill()
     tm.expect(rf"slave \d+ \(pid {forked[0].pid}\) died with 137; restarting", 10)
-    wait_count(tm, r"slave \S+ joined", 3)
+    wait_count(tm, r"slave \S+ joined", 3, START_S)
     slaves = slaves_of(tm, 2)
     assert forked[1].pid in {s.pid for s in slaves}
     assert forked[0].pid not in {s.pid for s in slaves}
@@ -217,7 +191,7 @@ def test_slaves_die_with_tm_spawn_on_sigkill(procs: Procs, tmp_path: Path) -> No
     env = run.env(SLEEP_S=0.01)
     master = run.master(f"count={n}", "--lease-timeout", "3")
     sp = run.spawn(2, "-c", "5", env=env)
-    wait_count(master, r"slave \S+ joined", 2)
+    wait_count(master, r"slave \S+ joined", 2, START_S)
     run.wait_ledger(200, master, sp)
     slaves = slaves_of(sp, 2)
 
@@ -227,10 +201,7 @@ def test_slaves_die_with_tm_spawn_on_sigkill(procs: Procs, tmp_path: Path) -> No
     print(f"\nslaves of tm-spawn gone {took:.2f}s after its SIGKILL")
     assert master.proc.poll() is None, master.output
 
-    again = run.spawn(2, "-c", "5", env=env)
-    assert master.wait(RUN_S) == 0, master.output
-    assert again.wait(20) == 0, again.output
-    check_ledger("tm-spawn SIGKILL, another tm-spawn", run.jobs(), set(range(n)))
+    another_spawn_completes(run, master, env, n, "tm-spawn SIGKILL, another tm-spawn")
 
 
 # -- 2. SIGHUP is a graceful stop ---------------------------------------------------------------
@@ -301,10 +272,7 @@ def test_sighup_on_tm_spawn_is_a_graceful_stop(procs: Procs, tmp_path: Path) -> 
     wait_gone(slaves, GONE_S, "the slaves of tm-spawn after SIGHUP")
     assert master.proc.poll() is None, master.output
 
-    again = run.spawn(2, "-c", "5", env=env)
-    assert master.wait(RUN_S) == 0, master.output
-    assert again.wait(20) == 0, again.output
-    check_ledger("tm-spawn SIGHUP, another tm-spawn", run.jobs(), set(range(n)))
+    another_spawn_completes(run, master, env, n, "tm-spawn SIGHUP, another tm-spawn")
 
 
 # -- 3. a second Ctrl-C on tm-run ---------------------------------------------------------------
@@ -597,12 +565,12 @@ def test_tm_spawn_exits_0_when_the_run_completes_despite_a_killed_slave(
     master = run.master(f"count={n}")
     sp = run.spawn(2, env=env)
     # No job finishes before the gate opens: the run cannot end before the replacement joins.
-    wait_count(master, r"slave \S+ joined", 2)
+    wait_count(master, r"slave \S+ joined", 2, START_S)
     victim = slaves_of(sp, 2)[0]
     victim.kill()
     sp.expect(rf"slave \d+ \(pid {victim.pid}\) died with 137; restarting", 10)
     master.expect(rf"slave \S+:{victim.pid} lost \(its process exited with 137\)", 5)
-    wait_count(master, r"slave \S+ joined", 3)
+    wait_count(master, r"slave \S+ joined", 3, START_S)
     assert read_ledger(run.ledger) == []
     gate.touch()
 

@@ -47,7 +47,7 @@ def handle_job(job):
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:  # no I/O, no sleep: never yields to the gevent hub
             pass
-    if os.environ.get("SLOW_ON") == str(job) and _first_time(f"slow-{job}"):
+    if os.environ.get("SLOW_ON") == str(job) and first_time(f"slow-{job}"):
         print(f"slow job {job} started", file=sys.stderr, flush=True)
         time.sleep(float(os.environ.get("SLOW_S", "5")))
     if os.environ.get("HANG_ON") == str(job):
@@ -63,7 +63,7 @@ def handle_job(job):
     ledger_jobs.handle_job(job)
 
 
-def _first_time(name):
+def first_time(name):
     """True for the first caller only, across processes: creates a marker beside the ledger."""
     try:
         fd = os.open(f"{os.environ['LEDGER']}.{name}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)

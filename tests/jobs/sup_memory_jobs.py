@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
+import fault_jobs
 import ledger_jobs
 
 get_jobs = ledger_jobs.get_jobs
@@ -26,17 +27,7 @@ def handle_job(job):
     leak_mb = float(os.environ.get("LEAK_MB", "0"))
     if leak_mb:
         _leaked.append(b"\x01" * int(leak_mb * 1_000_000))  # every page written: resident
-    if os.environ.get("OOM_ON") == str(job) and _first_time(f"oom-{job}"):
+    if os.environ.get("OOM_ON") == str(job) and fault_jobs.first_time(f"oom-{job}"):
         print(f"job {job} raises MemoryError", file=sys.stderr, flush=True)
         raise MemoryError(f"job {job} runs out of memory on purpose")
     ledger_jobs.handle_job(job)
-
-
-def _first_time(name):
-    """True for the first caller only, across processes: creates a marker beside the ledger."""
-    try:
-        fd = os.open(f"{os.environ['LEDGER']}.{name}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    os.close(fd)
-    return True
