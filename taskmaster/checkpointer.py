@@ -60,8 +60,7 @@ class Checkpointer:
                 check_identity(start, cfg.identity, state.path)
             source = None
             if cfg.retry_failures is not None:
-                source = Rounds.of(cfg.retry_failures).begin(state, cfg.failures_path)
-                start = state.load()  # a new round starts afresh
+                source, start = Rounds.of(cfg.retry_failures).begin(state, start)
         except BaseException:
             state.unlock()
             raise

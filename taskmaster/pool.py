@@ -191,14 +191,14 @@ class WorkerPool:
                 self.timing.pop(key, None)
         return failures
 
-    def in_hand(self, thread_id: int) -> int | None:
-        """The key in `timing` of the job that thread ``thread_id`` (the one gevent's loop
-        runs in) is executing now, if it is in one. Called from another thread, this names
-        the job that holds the loop: when a job will not yield, every other job past its
-        limit is only frozen behind it, in the middle of a sleep or a read."""
+    def in_hand(self, thread_id: int, timing: dict[int, Any]) -> int | None:
+        """The key in ``timing`` (a copy of `timing`) of the job that thread ``thread_id``
+        (the one gevent's loop runs in) is executing now, if it is in one. Called from
+        another thread, this names the job that holds the loop: when a job will not yield,
+        every other job past its limit is only frozen behind it, in a sleep or a read."""
         frame = sys._current_frames().get(thread_id)
         while frame is not None:
-            if id(frame) in self.timing:
+            if id(frame) in timing:
                 return id(frame)
             frame = frame.f_back
         return None

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .state import StateFile, count_failures
+from .state import Checkpoint, StateFile, count_failures
 from .target import FAILURES_SUFFIX, STATE_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -75,31 +75,31 @@ class Rounds:
     def files(self) -> tuple[Path, ...]:
         return (self.state, self.failures, self.previous, self.stamp)
 
-    def begin(self, state: StateFile, failures: Path) -> Path:
-        """With ``state`` locked: when the last round is over and left failures, start the
-        next one (its state forgotten, its records moved aside to be its source); when the
-        original has changed since the rounds began, start them over. Returns the file the
-        round now running retries."""
+    def begin(self, state: StateFile, cp: Checkpoint | None) -> tuple[Path, Checkpoint | None]:
+        """With ``state`` locked and read (``cp``): when the last round is over and left
+        failures, start the next one (its state forgotten, its records moved aside to be its
+        source); when the original has changed since the rounds began, start them over.
+        Returns the file the round now running retries, and the checkpoint it starts from."""
         if self._changed():
             log.warning("%s has changed since its retries began: they start over from it "
                         "(the files of the earlier rounds are kept as *.old)", self.original)
             for path in self.files:
                 if path.exists():
                     path.replace(path.with_name(path.name + ".old"))
+            cp = None  # its state went aside with the rest
         if not self.stamp.exists():
             self.stamp.write_text(_fingerprint(self.original))
-        cp = state.load()
-        left = _records(failures)
+        left = _records(self.failures)
         if cp is not None and cp.complete and left:
             state.remove()
             cp = None
         if cp is None and left:
             # Also when a round ended just before its records were moved: they are the jobs
             # still failed, whichever way we got here.
-            os.replace(failures, self.previous)
+            os.replace(self.failures, self.previous)
             log.info("a new round of retries: the %d jobs still failed, recorded in %s", left,
                      self.previous)
-        return self.previous if self.previous.exists() else self.original
+        return (self.previous if self.previous.exists() else self.original), cp
 
     def _changed(self) -> bool:
         try:

@@ -92,7 +92,7 @@ class Watchdog:
         timing = dict(self.pool.timing)
         # The job the loop is in, if one holds it, is the one to blame; if none does, the loop
         # runs, and a job past its limit is one that caught its time-out and went on.
-        in_hand = self.pool.in_hand(self.loop_thread)
+        in_hand = self.pool.in_hand(self.loop_thread, timing)
         for key, (started, batch, index) in timing.items():
             if (in_hand is not None and key != in_hand) or \
                     now - started <= limit + JOB_TIMEOUT_GRACE_S:
