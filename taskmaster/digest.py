@@ -19,9 +19,8 @@ from .messages import JobError
 class FailureDigest:
     """What has failed, by exception type, and what of it has been said."""
 
-    def __init__(self, logger: logging.Logger, what: str = "failures") -> None:
+    def __init__(self, logger: logging.Logger) -> None:
         self.log = logger
-        self.what = what
         self.attempts: Counter[str] = Counter()
         """Failed attempts, by exception type."""
         self.final: Counter[str] = Counter()
@@ -47,7 +46,7 @@ class FailureDigest:
         if not self._unsaid or (not force and now - self._since < FAILURE_SUMMARY_S):
             return
         for kind, n in self._unsaid.most_common():
-            self.log.warning("%s: %d more %s in the last %.0fs", kind, n, self.what,
+            self.log.warning("%s: %d more failures in the last %.0fs", kind, n,
                              now - self._since)
         self._unsaid.clear()
         self._since = now

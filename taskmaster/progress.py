@@ -60,7 +60,6 @@ class Speed:
 
     def __init__(self, now: float, done: int) -> None:
         self._samples: list[tuple[float, int]] = [(now, done)]
-        self.started, self.done_at_start = now, done
 
     def add(self, now: float, done: int) -> None:
         self._samples.append((now, done))
