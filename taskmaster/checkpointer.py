@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import DISK_TROUBLE_LOG_INTERVAL_S, MasterConfig
+from .config import DISK_TROUBLE_LOG_INTERVAL_S
 from .errors import StateError
 from .ledger import Failure, Ledger
+from .records import FailureLog
 from .retry import Rounds
-from .state import Checkpoint, FailureLog, StateFile, check_identity
+from .settings import MasterConfig
+from .state import Checkpoint, StateFile, check_identity
 
 log = logging.getLogger(__name__)
 

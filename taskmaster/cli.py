@@ -15,14 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .config import (
-    SECRET_ENV,
-    SLAVES_PER_CPU_WARNING,
-    MasterConfig,
-    SlaveConfig,
-    check_connectable,
-    load_secret,
-)
+from .config import SECRET_ENV, SLAVES_PER_CPU_WARNING
 from .errors import (
     EXIT_REPLACE,
     BrokenTargetError,
@@ -43,6 +36,7 @@ from .options import (
     setup_logging,
     slave_options,
 )
+from .settings import MasterConfig, SlaveConfig, check_connectable, load_secret
 from .target import Target, parse_kwargs
 
 log = logging.getLogger("taskmaster")

@@ -10,13 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import (
-    BATCH_BYTES,
-    FIRST_BATCH_JOBS,
-    MAX_BATCH_JOBS,
-    MAX_WINDOW_JOBS,
-    WINDOW_BYTES,
-)
+from .config import BATCH_BYTES, FIRST_BATCH_JOBS, MAX_BATCH_JOBS, MAX_WINDOW_JOBS, WINDOW_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +45,12 @@ class JobSize:
     def learn(self, body_bytes: int, jobs: int) -> None:
         size = body_bytes / jobs
         self.bytes = size if not self.bytes else 0.8 * self.bytes + 0.2 * size
+
+
+def buffer_room(room: int, *, held: int, job_bytes: float, max_bytes: int) -> int:
+    """How many more jobs the stream may add: the ledger's ``room`` in jobs and, by the size of
+    a job as far as it is known, the room in bytes (``held``: jobs buffered and leased)."""
+    # Before any job's size is known, one job, to learn it; and never less than one job at a
+    # time, however big.
+    fits = max(1, int(max_bytes // job_bytes)) if job_bytes else 1
+    return min(room, fits - held)

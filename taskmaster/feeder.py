@@ -19,31 +19,29 @@ from __future__ import annotations
 
 import itertools
 import logging
-import operator
 import pickle
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.event
 from gevent import monkey
 
-from .config import FEED_POLL_MAX_S, FEED_SKIP_STEP_JOBS, FEED_STEP_MAX_JOBS, FEED_TURN_S
-from .errors import ConfigError, InternalError, TaskmasterError, UserCodeError
-from .state import safe_repr
+from .config import FEED_POLL_MAX_S, FEED_STEP_MAX_JOBS, FEED_TURN_S
+from .errors import InternalError, TaskmasterError
+from .settings import MasterConfig
+from .state import Checkpoint
+from .stream import NO_JOB, open_stream, opener, recorded_jobs, resume, takes_last, user_error
 
 log = logging.getLogger(__name__)
 
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 _start_thread = monkey.get_original("_thread", "start_new_thread")
-NO_JOB: Any = object()
-"""Stands for "no job" where any value, None included, can be a job."""
 _PICKLE = pickle.HIGHEST_PROTOCOL
-_DEFAULT_EQ = object.__eq__
 
 
 
@@ -161,8 +159,11 @@ class Feeder:
         try:
             error = self._begin()
             while error is None and (room := self._wait_for_room()) is not None:
-                if self._expect is not NO_JOB or self._skip:
-                    error = self._resume()  # once the master has made room
+                if self._expect is not NO_JOB or self._skip:  # once the master made room
+                    self._pending, error = resume(self._iterator, expect=self._expect,
+                                                  skip=self._skip, pairs=self._pairs,
+                                                  closed=lambda: self._closed)
+                    self._expect, self._skip = NO_JOB, 0
                     continue
                 if not self._pull(room):
                     return
@@ -174,43 +175,11 @@ class Feeder:
 
     def _begin(self) -> TaskmasterError | None:
         """Open the stream; the error that ends the run at once, if any."""
-        opened = _open_stream(self._open)
+        opened = open_stream(self._open)
         if isinstance(opened, TaskmasterError):
             return opened
         self._iterator, hint = opened
         self.total = self.first + hint if hint is not None else None
-        return None
-
-    def _resume(self) -> TaskmasterError | None:
-        """Check the first job against what it should be, and skip what is settled already."""
-        expect, skip = self._expect, self._skip
-        self._expect, self._skip = NO_JOB, 0
-        try:
-            first: Any = next(self._iterator, NO_JOB)
-            if first is NO_JOB:
-                return None
-            if expect is not NO_JOB and not same_job(first[1] if self._pairs else first,
-                                                         expect):
-                # Not the job it was given: it may be the next one (a stream that resumes
-                # after `last`, not from it), so it runs, rather than be lost; and when
-                # `last` itself is not finished (nothing to skip), we have it, and run it
-                # first. At worst jobs run again.
-                self._pending = [first] if skip else [expect, first]
-                return None
-            if not skip:
-                self._pending = [first]
-                return None
-            left = skip - 1
-            while left > 0 and not self._closed:
-                step = min(left, FEED_SKIP_STEP_JOBS)
-                skipped = sum(1 for _ in itertools.islice(self._iterator, step))
-                left -= skipped
-                if skipped < step:
-                    break
-        except TaskmasterError as e:
-            return e
-        except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's, reported in full
-            return user_error(e)
         return None
 
     def _wait_for_room(self) -> int | None:
@@ -307,51 +276,22 @@ class _Turn:
         return self.jobs if over and not taken else self.jobs[taken:self.taken]
 
 
-def _open_stream(open: Callable[[], Iterable[Any]]
-                 ) -> tuple[Iterator[Any], int | None] | TaskmasterError:
-    """The stream's iterator and the length it tells (None when it does not), or the error
-    that ends the run at once."""
-    try:
-        stream = open()
-    except TaskmasterError as e:  # ours: a failures file that cannot be read, say
-        return e
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's, reported in full
-        return user_error(e)
-    try:
-        iterator = iter(stream)
-    except TypeError:
-        return ConfigError(f"get_jobs returned {safe_repr(stream, 60)}, which is not "
-                           "iterable; it must yield jobs (or return a list or a generator)")
-    except Exception as e:  # noqa: BLE001 - the user's own __iter__
-        return user_error(e)
-    try:
-        hint = operator.length_hint(stream, -1)
-    except Exception as e:  # noqa: BLE001 - a user's __length_hint__, or sized(total<0)
-        log.warning("get_jobs' result cannot say its length (%s: %s); no ETA shown",
-                    type(e).__name__, e)
-        hint = -1
-    return iterator, hint if hint >= 0 else None
-
-
-def same_job(job: Any, expect: Any) -> bool:
-    """Whether the stream began with the job it was told to begin with; warns when not. A job
-    that does not define equality is compared by its pickle (it was unpickled from the state
-    file, so it is never the same object)."""
-    try:
-        if getattr(type(job), "__eq__", None) is _DEFAULT_EQ:
-            same = pickle.dumps(job, _PICKLE) == pickle.dumps(expect, _PICKLE)
-        else:
-            same = bool(job == expect)
-    except Exception:  # noqa: BLE001 - a job that cannot be compared: take it as the one
-        return True
-    if not same:
-        log.warning("get_jobs(last=%s) began with %s: it should yield from `last` on, "
-                    "inclusive (for i in range(last, N)). Every job it yields runs, so none is "
-                    "lost, but a stream that does not resume where it is told runs jobs "
-                    "again, and the counts of this run then include them",
-                    safe_repr(expect, 80), safe_repr(job, 80))
-    return same
-
-
-def user_error(e: BaseException) -> UserCodeError:
-    return UserCodeError(f"get_jobs raised {type(e).__name__}: {e}", traceback.format_exc())
+def feeder_for(get_jobs: Callable[..., Any], cfg: MasterConfig, cp: Checkpoint | None,
+               retry_source: Path | None = None) -> Feeder:
+    """The feeder of a run that starts from ``cp`` (None: from scratch); a retry runs the
+    records of ``retry_source``."""
+    resume = cp.resume_seq if cp is not None and cp.has_last else 0
+    retry_source = retry_source or cfg.retry_failures  # the first round's: the file itself
+    if retry_source is not None:
+        path = retry_source
+        log.info("retrying the jobs recorded in %s%s", path,
+                 f", from record #{resume}" if resume else "")
+        # A file of records is resumed by position: the records before it are settled.
+        return Feeder(lambda: recorded_jobs(path), skip=resume, pairs=True)
+    if cp is not None and cp.has_last and takes_last(get_jobs):
+        return Feeder(opener(get_jobs, cfg.kwargs, last=cp.last_job), first=cp.last_seq,
+                      skip=resume - cp.last_seq, expect=cp.last_job)
+    if resume:
+        log.info("get_jobs takes no `last`: resuming by position, skipping the %d jobs "
+                 "before job #%d", resume, resume)
+    return Feeder(opener(get_jobs, cfg.kwargs), skip=resume)

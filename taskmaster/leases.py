@@ -1,6 +1,6 @@
 """The ledger's containers: a `Batch` of consecutive jobs, the `Buffer` of fresh ones, the
-`LeaseTable` of what each slave holds, and the `Comebacks` that go out again. Pure, like the
-ledger that uses them."""
+`LeaseTable` of what each slave holds, the `Comebacks` that go out again, and the `Stats` of
+it all. Pure, like the ledger that uses them."""
 
 from __future__ import annotations
 
@@ -53,6 +53,18 @@ class Batch:
                      changes.get("attempts", self.attempts), changes.get("deaths", self.deaths),
                      not_before=changes.get("not_before", 0.0), avoid=changes.get("avoid"),
                      origins=[self.origins[index]] if self.origins else None)
+
+
+@dataclass(slots=True)
+class Stats:
+    """What the ledger has counted; callers read these, only the ledger (and its `Settling`)
+    writes them."""
+
+    finished: int = 0
+    failed: int = 0
+    retried: int = 0
+    redispatched: int = 0
+    stale_acks: int = 0
 
 
 class Buffer:

@@ -7,42 +7,26 @@ what lets one master feed many slaves.
 
 A job is *settled* once a slave acknowledged it or its failure record is durable: a job that
 failed for good is handed to the caller to record and stays unsettled until `settle` says the
-record is written. The resume point is the earliest unsettled job.
+record is written (`Settling` carries out what becomes of jobs that went wrong). The resume
+point is the earliest unsettled job.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .leases import Batch, Buffer, Comebacks, LeaseTable
+from .leases import Batch, Buffer, Comebacks, LeaseTable, Stats
 from .messages import JobError
-from .redelivery import GiveUp, Redelivery, Retry, Spare
+from .redelivery import Redelivery
+from .settling import Failure, Settling
 
 __all__ = ["AckMismatchError", "Batch", "Failure", "Ledger", "ResumePoint", "Stats"]
 
 
 class AckMismatchError(ValueError):
     """An acknowledgement names jobs its batch does not hold: the slave's error, not ours."""
-
-
-@dataclass(slots=True)
-class Failure:
-    """A job that used up its attempts: to be recorded durably, then settled."""
-
-    seq: int
-    job: Any
-    attempts: int
-    slave: bytes | None
-    error: JobError
-    origin: int = -1
-    """Its sequence number in the record (see `Batch.origins`); ``seq`` when not set."""
-
-    def __post_init__(self) -> None:
-        if self.origin < 0:
-            self.origin = self.seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,34 +40,23 @@ class ResumePoint:
     last_job: Any
 
 
-@dataclass(slots=True)
-class Stats:
-    """What the ledger has counted; callers read these, only the ledger writes them."""
-
-    finished: int = 0
-    failed: int = 0
-    retried: int = 0
-    redispatched: int = 0
-    stale_acks: int = 0
-
-
 class Ledger:
     """Where every job of the run is, from the stream to settled."""
 
     def __init__(self, size: int, *, first_seq: int = 0, first_bid: int = 1,
                  policy: Redelivery | None = None) -> None:
         self.size = size
-        self.policy = policy or Redelivery()
         self.stats = Stats()
         self.next_seq = first_seq
         self.exhausted = False
         self._last: tuple[int, Any] | None = None  # the last job fed: (seq, job)
-        self._failed_before = _Counted()
         self._bids = itertools.count(first_bid)
         self._buffer = Buffer()
         self._again = Comebacks()
-        self._recording: dict[int, Failure] = {}  # failed for good, record not yet durable
         self._leases = LeaseTable()
+        self._settling = Settling(policy or Redelivery(), self._leases, self._again,
+                                  self.stats)
+        self._recording = self._settling.recording
 
     # -- the stream side -------------------------------------------------------------------
 
@@ -168,21 +141,9 @@ class Ledger:
             raise AckMismatchError(f"acknowledgement of batch {bid} names jobs it does not hold")
         self._leases.remove(batch)
         self.stats.finished += len(batch.jobs) - len(failures)
+        settling = self._settling
         return [f for index, error in failures
-                if (f := self._failed_attempt(batch, index, error, slave, now)) is not None]
-
-    def _failed_attempt(self, batch: Batch, index: int, error: JobError, slave: bytes,
-                        now: float) -> Failure | None:
-        """Job ``index`` of ``batch`` failed once more: retried as the policy says, or given
-        up on (the failure to record, returned)."""
-        attempts = batch.attempts + 1
-        verdict = self.policy.after_error(attempts, error, now)
-        if isinstance(verdict, GiveUp):
-            return self._give_up(batch, index, attempts, slave, verdict.error)
-        self.stats.retried += 1
-        self._again.retrying.append(batch.single(index, attempts=attempts,
-                                                 not_before=verdict.at, avoid=slave))
-        return None
+                if (f := settling.failed_attempt(batch, index, error, slave, now)) is not None]
 
     def hand_back(self, slave: bytes, bids: tuple[int, ...] | list[int]) -> int:
         """A slave returns batches it never started (or never got): they go out again before
@@ -218,40 +179,23 @@ class Ledger:
         if batch is None or len(batch.jobs) < 2:
             return []
         self._leases.remove(batch)
-        half = len(batch.jobs) // 2
-        parts = [batch.part(0, half), batch.part(half, len(batch.jobs))]
-        now = batch.leased_at
         out: list[Batch] = []
-        for part in parts:
-            self._lease(part, slave, out, now)
+        n, half = len(batch.jobs), len(batch.jobs) // 2
+        for part in batch.part(0, half), batch.part(half, n):
+            self._lease(part, slave, out, batch.leased_at)
         return out
 
     def reject(self, slave: bytes, bid: int, error: JobError) -> list[Failure]:
         """The single job of a lease cannot be sent at all (too big for any message): it
         fails for good, with ``error``. Returns it, to record."""
-        batch = self._leases.get(bid, slave)
-        if batch is None:
-            return []
-        self._leases.remove(batch)
-        return [self._give_up(batch, i, batch.attempts + 1, slave, error)
-                for i in range(len(batch.jobs))]
+        return self._settling.reject(slave, bid, error)
 
     def time_out(self, slave: bytes, bid: int, index: int, error: JobError,
                  now: float) -> list[Failure]:
         """``slave`` is being replaced because the job at ``index`` of batch ``bid`` ran past
         its time: that is a failed attempt of that job; everything else it held goes out
         again, uncharged. Returns the failures that are final, to record."""
-        batch = self._leases.get(bid, slave)
-        final: list[Failure] = []
-        if batch is not None and 0 <= index < len(batch.jobs):
-            self._leases.remove(batch)
-            failure = self._failed_attempt(batch, index, error, slave, now)
-            if failure is not None:
-                final.append(failure)
-            for part in (batch.part(0, index), batch.part(index + 1, len(batch.jobs))):
-                if part.jobs:
-                    self._again.push(part)
-            self.stats.redispatched += len(batch.jobs) - 1
+        final = self._settling.time_out(slave, bid, index, error, now)
         self.release(slave)
         return final
 
@@ -263,36 +207,11 @@ class Ledger:
              seen: int = 0) -> list[Failure]:
         """A slave died or went silent holding leases. Each batch is spared or charged with a
         death as the policy decides; returns the jobs that failed for good, to record."""
-        final: list[Failure] = []
-        for batch in self._leases.of(slave):
-            self._leases.remove(batch)
-            verdict = self.policy.after_death(batch, started, seen)
-            if isinstance(verdict, Spare):
-                batch.spared = True
-                self._again.push(batch)
-                self.stats.redispatched += len(batch.jobs)
-            elif isinstance(verdict, Retry):
-                for i in range(len(batch.jobs)):
-                    self._again.push(batch.single(i, deaths=batch.deaths + 1))
-                self.stats.redispatched += len(batch.jobs)
-            else:
-                final += [self._give_up(batch, i, batch.attempts + 1, slave, verdict.error)
-                          for i in range(len(batch.jobs))]
-        return final
+        return self._settling.lose(slave, started, seen)
 
     def settle(self, failures: list[Failure]) -> None:
         """Their records are durable: these jobs are done with."""
-        for f in failures:
-            if self._recording.pop(f.seq, None) is not None:
-                self.stats.failed += 1
-                self._failed_before.add(f.seq)
-
-    def _give_up(self, batch: Batch, index: int, attempts: int, slave: bytes,
-                 error: JobError) -> Failure:
-        f = Failure(batch.start + index, batch.jobs[index], attempts, slave, error,
-                    batch.origin(index))
-        self._recording[f.seq] = f
-        return f
+        self._settling.settle(failures)
 
     def held_by(self, slave: bytes) -> int:
         """Jobs leased to ``slave`` now."""
@@ -306,7 +225,7 @@ class Ledger:
 
     def failed_before(self, seq: int) -> int:
         """Failures settled so far with a sequence number below ``seq`` (which only grows)."""
-        return self._failed_before.below(seq)
+        return self._settling.failed_before(seq)
 
     def resume_point(self) -> ResumePoint | None:
         """Where to resume; None before anything was fed (the run's start still is)."""
@@ -315,9 +234,8 @@ class Ledger:
                                      itertools.islice(self._buffer.chunks, 1)):
             if best is None or batch.start < best.start:
                 best = batch
-        first_failed = min(self._recording, default=None)
-        if first_failed is not None and (best is None or first_failed < best.start):
-            f = self._recording[first_failed]
+        f = self._settling.first()
+        if f is not None and (best is None or f.seq < best.start):
             return ResumePoint(f.seq, f.seq, f.job)
         if best is not None:
             return ResumePoint(best.start, best.start, best.jobs[0])
@@ -332,19 +250,3 @@ class Ledger:
         return (self.exhausted and not self._leases and not self.has_work()
                 and not self._recording)
 
-
-@dataclass(slots=True)
-class _Counted:
-    """Sequence numbers of settled failures, counted below a mark that only grows."""
-
-    pending: list[int] = field(default_factory=list)  # a heap: not yet below the mark
-    passed: int = 0
-
-    def add(self, seq: int) -> None:
-        heapq.heappush(self.pending, seq)
-
-    def below(self, mark: int) -> int:
-        while self.pending and self.pending[0] < mark:
-            heapq.heappop(self.pending)
-            self.passed += 1
-        return self.passed

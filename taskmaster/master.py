@@ -5,10 +5,10 @@ feed greenlet puts it in the `Ledger`; the `Handout` leases it to a slave of the
 and sends it; the slave's acknowledgement comes back through the `Exchange` to the ledger; the
 `Checkpointer` writes failure records and, about once a second, the resume point.
 
-Three greenlets do the work (feed, receive, tick) and meet only in those parts, which never
-block. The master's own life is phases a caller can drive one by one (tm-run starts its slaves
-between them): `open` the state file, `start` the stream and the socket, `serve` until the run
-ends (an `Outcome`), say `farewell` to slaves, `close`. `run` does all of it.
+Three greenlets do the work (feed, receive, and the `Upkeep` of a tick) and meet only in those
+parts, which never block. The master's own life is phases a caller can drive one by one (tm-run
+starts its slaves between them): `open` the state file, `start` the stream and the socket,
+`serve` until the run ends (an `Outcome`), say `farewell` to slaves, `close`. `run` does all.
 """
 
 from __future__ import annotations
@@ -25,28 +25,21 @@ import gevent.event
 
 from . import protocol as p
 from .checkpointer import Checkpointer
-from .config import (
-    CHECKPOINT_INTERVAL_S,
-    DONE_LINGER_S,
-    GONE_GRACE_S,
-    HEARTBEAT_INTERVAL_S,
-    MASTER_TICK_S,
-    MAX_MESSAGE_BYTES,
-    MasterConfig,
-    signing_key,
-)
+from .config import DONE_LINGER_S, MAX_MESSAGE_BYTES
+from .dispatch import buffer_room
 from .errors import InternalError, Outcome, TaskmasterError, exit_code_for_signal
 from .exchange import Exchange
+from .feeder import feeder_for
 from .handout import Handout
 from .ledger import Ledger
 from .progress import Progress, Snapshot, plural
 from .redelivery import Redelivery
 from .registry import Registry
-from .report import already_complete, report_end
+from .report import already_complete, report_end, report_start
+from .settings import MasterConfig, signing_key
 from .signals import StopSignals
-from .state import safe_repr
-from .stream import feeder_for
 from .transport import MasterSocket, load_curve
+from .upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +60,6 @@ class Master:
         self._error: TaskmasterError | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._resources: list[Any] = []  # what open() and start() opened, each with a close()
-        self._last_tick = self.started
 
     # -- the phases ------------------------------------------------------------------------
 
@@ -92,11 +84,7 @@ class Master:
         if cp is not None and cp.complete:
             return already_complete(self.cfg, cp)
         self.checkpointer.check()
-        args = ", ".join(f"{k}={v!r}" for k, v in self.cfg.kwargs.items())
-        log.info("running %s(%s); state file: %s%s", self.cfg.target.identity, args,
-                 self.cfg.state_path,
-                 f" (resuming at job #{cp.resume_seq}: {safe_repr(cp.last_job, 80)})"
-                 if cp is not None and cp.has_last else " (from the start)")
+        report_start(self.cfg, cp)
         return None
 
     expected = "waiting for slaves (tm-slave or tm-spawn, with the same target and --address)"
@@ -131,8 +119,11 @@ class Master:
     def serve(self) -> Outcome:
         """Serve slaves until the run is complete or stopped; checkpoint; the outcome."""
         self.progress = Progress(self.snapshot, enabled=self.cfg.progress)
-        self._last_tick = time.monotonic()
-        for body in (self._feed, self._receive, self._tick):
+        upkeep = Upkeep(lease_timeout_s=self.cfg.lease_timeout_s, registry=self.registry,
+                        ledger=self.ledger, handout=self.handout,
+                        checkpointer=self.checkpointer, progress=self.progress,
+                        check_complete=self._check_complete)
+        for body in (self._feed, self._receive, upkeep.run):
             greenlet = gevent.spawn(body)
             greenlet.link_exception(self._crashed)
             self._greenlets.append(greenlet)
@@ -210,18 +201,11 @@ class Master:
         self._check_complete()
 
     def _room_freed(self) -> None:
-        self.feeder.allow(self._room())
-
-    def _room(self) -> int:
-        """How many more jobs the stream may add: the buffer's room in jobs and, by the size
-        of a job as far as it is known, in bytes (buffered and leased jobs both count)."""
         ledger = self.ledger
         held = ledger.buffered + ledger.requeued + ledger.leased + ledger.recording
         job_bytes = max(self.feeder.job_bytes, self.handout.job_size.bytes)
-        # Before any job's size is known, one job, to learn it; and never less than one job
-        # at a time, however big.
-        fits = max(1, int(self.cfg.max_buffer_bytes // job_bytes)) if job_bytes else 1
-        return min(ledger.room(), fits - held)
+        self.feeder.allow(buffer_room(ledger.room(), held=held, job_bytes=job_bytes,
+                                      max_bytes=self.cfg.max_buffer_bytes))
 
     def _receive(self) -> None:
         while True:
@@ -232,50 +216,6 @@ class Master:
     def _check_complete(self) -> None:
         if self.ledger.complete:
             self._end.set()
-
-    def _tick(self) -> None:
-        steps = (self._watch_slaves, _every(HEARTBEAT_INTERVAL_S, self._ping),
-                 self._mind_the_disk, self._serve_waiting,
-                 _every(CHECKPOINT_INTERVAL_S, self._save_checkpoint), self._show_progress,
-                 self.handout.digest.flush)
-        while True:
-            gevent.sleep(MASTER_TICK_S)
-            now = time.monotonic()
-            for step in steps:
-                step(now)
-
-    def _watch_slaves(self, now: float) -> None:
-        """Give up on slaves silent for too long, unless we were the ones not listening (a
-        stalled disk, a frozen process): silence from slaves then says nothing about them."""
-        if now - self._last_tick > self.cfg.lease_timeout_s / 2:
-            self.registry.excuse(now)
-        self._last_tick = now
-        for slave in self.registry.silent(now, self.cfg.lease_timeout_s):
-            # A slave that said goodbye was finishing its jobs to leave: no death to charge.
-            self.handout.lose(slave, f"silent for {now - slave.last_seen:.0f}s",
-                              charge=not slave.said_bye)
-        self.handout.settle_departed(now, GONE_GRACE_S)
-        self._check_complete()
-
-    def _ping(self, now: float) -> None:
-        self.handout.broadcast(p.Ping())
-
-    def _mind_the_disk(self, now: float) -> None:
-        if self.checkpointer.blocked:
-            self.checkpointer.retry(self.ledger)
-            self._check_complete()
-
-    def _serve_waiting(self, now: float) -> None:
-        # Retries come due with time, not with a message, and a disk makes room again: someone
-        # has to look.
-        if self.registry.waiting and self.ledger.has_work() and not self.checkpointer.blocked:
-            self.handout.serve_waiting()
-
-    def _save_checkpoint(self, now: float) -> None:
-        self.checkpointer.save(self.ledger)
-
-    def _show_progress(self, now: float) -> None:
-        self.progress.update()
 
     def _drain(self) -> None:
         """Stop handing out work and wait (bounded) for what slaves hold to come back."""
@@ -312,15 +252,3 @@ class Master:
                         slaves=len(self.registry), dropped=self.exchange.dropped,
                         paused="a file cannot be written" if self.checkpointer.blocked else "")
 
-
-def _every(interval_s: float, step: Callable[[float], None]) -> Callable[[float], None]:
-    """``step``, run at most once per ``interval_s`` (and at the first call)."""
-    last = float("-inf")
-
-    def maybe(now: float) -> None:
-        nonlocal last
-        if now - last >= interval_s:
-            last = now
-            step(now)
-
-    return maybe

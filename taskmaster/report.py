@@ -1,5 +1,5 @@
-"""What a person reads when a run ends (or starts, already complete): how it ended, and what
-to do next."""
+"""What a person reads when a run starts (what runs, from where) and when it ends (how, and
+what to do next)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,23 @@ import signal
 import time
 from pathlib import Path
 
-from .config import MasterConfig
 from .digest import FailureDigest
 from .errors import Outcome
 from .ledger import Stats
 from .progress import plural
 from .retry import Rounds
-from .state import Checkpoint
+from .settings import MasterConfig
+from .state import Checkpoint, safe_repr
 
 log = logging.getLogger("taskmaster.master")
+
+
+def report_start(cfg: MasterConfig, cp: Checkpoint | None) -> None:
+    """Say what runs and where it starts (``cp``: the checkpoint it resumes from)."""
+    args = ", ".join(f"{k}={v!r}" for k, v in cfg.kwargs.items())
+    log.info("running %s(%s); state file: %s%s", cfg.target.identity, args, cfg.state_path,
+             f" (resuming at job #{cp.resume_seq}: {safe_repr(cp.last_job, 80)})"
+             if cp is not None and cp.has_last else " (from the start)")
 
 
 def report_end(outcome: Outcome, stats: Stats, *, dropped: int, elapsed_s: float,

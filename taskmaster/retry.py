@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .state import Checkpoint, StateFile, count_failures
+from .records import count_failures
+from .state import Checkpoint, StateFile
 from .target import FAILURES_SUFFIX, STATE_SUFFIX
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import gevent
 import gevent.os
 
-from .config import SLAVE_EXIT_GRACE_S, SUPERVISE_POLL_S, MasterConfig, asks_for_a_port
+from .config import SLAVE_EXIT_GRACE_S, SUPERVISE_POLL_S
 from .errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -28,6 +28,7 @@ from .errors import (
     exit_code_for_signal,
 )
 from .master import Master
+from .settings import MasterConfig, asks_for_a_port
 from .spawn import Supervisor
 from .watchdog import end_process
 

@@ -30,17 +30,17 @@ from .config import (
     JOIN_FAST_S,
     JOIN_RETRY_S,
     MASTER_WAIT_LOG_S,
-    MEMORY_CHECK_S,
     PROGRESS_LOG_INTERVAL_S,
     SLAVE_STOP_WAIT_S,
     SLAVE_WAKE_S,
-    SlaveConfig,
-    signing_key,
 )
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_REPLACE, exit_code_for_signal
 from .holdings import Failures, Holdings, Piece
 from .pacing import Pacing
 from .pool import WorkerPool
+from .recycling import Recycling
+from .session import Session
+from .settings import SlaveConfig, signing_key
 from .signals import StopSignals
 from .transport import SlaveSocket, load_curve, start_heartbeat_thread
 from .watchdog import Watchdog, end_process
@@ -54,15 +54,12 @@ class Slave:
     def __init__(self, cfg: SlaveConfig, handle_job: Callable[[Any], Any]) -> None:
         self.cfg = cfg
         key = signing_key(cfg.secret)
-        self.key = key
         self.curve = load_curve(cfg.curve_dir, "slave") if cfg.curve_dir else None
         self.host = socket.gethostname()
         tag = cfg.tag or uuid.uuid4().hex[:6]
         self.ident = f"{self.host}:{os.getpid()}:{tag}".encode()
-        self.seal = p.Seal(key)
-        self.session = 0
-        self.nonce = uuid.uuid4().hex
-        self._master_counter = 0
+        self.session = Session(self.name, key, cfg.max_message_bytes)
+        self.recycling = Recycling(cfg.max_jobs, cfg.max_memory_mb)
         self.holdings = Holdings()
         self.pacing = Pacing(cfg.concurrency)
         self.pool = WorkerPool(handle_job, cfg.concurrency, self.holdings, self.pacing,
@@ -76,16 +73,12 @@ class Slave:
         self.watchdog = Watchdog(
             name=self.name, seal=p.Seal(key), heartbeat=self._beat, holdings=self.holdings,
             pool=self.pool, signals=self.signals, job_timeout_s=cfg.job_timeout_s,
-            parent_pid=cfg.parent_pid, supervised=cfg.supervised, epoch=lambda: self.epoch)
+            parent_pid=cfg.parent_pid, supervised=cfg.supervised,
+            epoch=lambda: self.session.epoch)
         self._paused = False  # the master said STOP: take nothing until a (new) master welcomes
         self._stopping = False
         self._exit: int | None = None
         self._last_heard = time.monotonic()
-        self._memory_checked = 0.0
-
-    @property
-    def epoch(self) -> bytes:
-        return self.seal.epoch
 
     @property
     def name(self) -> str:
@@ -114,16 +107,16 @@ class Slave:
     def _serve(self) -> None:
         last_log, last_done = time.monotonic(), 0
         waiting_said = time.monotonic()
-        self._send(self._knock())  # at once: a master may be up
+        self._send(self.session.knock())  # at once: a master may be up
         while self._exit is None:
-            frames = self.sock.recv(JOIN_RETRY_S if self.epoch == p.NO_EPOCH else SLAVE_WAKE_S)
+            frames = self.sock.recv(SLAVE_WAKE_S if self.session.joined else JOIN_RETRY_S)
             now = time.monotonic()
             if frames is not None:
                 self._last_heard = now
                 self._handle(frames)
-            elif self.epoch == p.NO_EPOCH and now - self._last_heard < JOIN_FAST_S:
+            elif not self.session.joined and now - self._last_heard < JOIN_FAST_S:
                 # Knock until a master answers; it replies WELCOME to an unknown slave.
-                self._send(self._knock())
+                self._send(self.session.knock())
             if self.signals.requested is not None and not self._stopping:
                 self._stop()
             due = self.holdings.report_due
@@ -196,26 +189,14 @@ class Slave:
             self._handle(frames)
 
     def _handle(self, frames: list[bytes]) -> None:
-        try:
-            envelope = p.decode(frames, key=self.key, kinds=p.MASTER_KINDS,
-                                max_bytes=self.cfg.max_message_bytes)
-        except p.ProtocolError as e:
-            log.warning("dropped a message from the master: %s", e)
+        envelope = self.session.accept(frames)
+        if envelope is None:
             return
         msg = envelope.message
         if isinstance(msg, p.Welcome):
-            self._on_welcome(envelope, msg)
-            return
-        if isinstance(msg, p.Done) and msg.nonce == self.nonce:
-            pass  # the answer to our knock, from a master that has just finished its run
-        elif envelope.epoch != self.epoch:
-            return  # meant for a run we have left
-        elif self.key is not None and envelope.counter <= self._master_counter:
-            log.warning("dropped a replayed message from the master")
-            return
-        else:
-            self._master_counter = envelope.counter
-        if isinstance(msg, p.Jobs):
+            if not self._stopping and self.session.join(envelope, msg):
+                self._joined()
+        elif isinstance(msg, p.Jobs):
             # Even when leaving: sent before our goodbye reached the master, it is ours to
             # run before we go (the master will not hand it to another meanwhile).
             piece = self.pacing.piece_size(len(msg.jobs), msg.isolate)
@@ -234,44 +215,24 @@ class Slave:
                 self._stopping = True
                 gevent.spawn(self._finish, EXIT_OK).link_exception(self._crashed)
 
-    def _on_welcome(self, envelope: p.Envelope, msg: p.Welcome) -> None:
-        if msg.nonce != self.nonce or self._stopping:
-            return  # an answer to an earlier knock, already taken (or a replay); or leaving
-        if self.epoch != p.NO_EPOCH:
-            log.warning("master restarted or lost track of this slave; rejoining")
-        self.nonce = uuid.uuid4().hex
-        self.seal.epoch = self.watchdog.seal.epoch = envelope.epoch
-        self.session, self._paused = msg.session, False
-        self._master_counter = envelope.counter
+    def _joined(self) -> None:
+        self.watchdog.seal.epoch = self.session.epoch
+        self._paused = False
         self.holdings.forget(p.NO_EPOCH)  # no master's epoch: their batches go unacknowledged
-        self._send(p.Ready(self.session, self._window(), self.cfg.concurrency, self.host,
-                           os.getpid(), self.cfg.max_message_bytes))
+        self._send(p.Ready(self.session.number, self._window(), self.cfg.concurrency,
+                           self.host, os.getpid(), self.cfg.max_message_bytes))
 
     # -- work done -------------------------------------------------------------------------
 
     def _piece_done(self, piece: Piece, failures: Failures) -> None:
-        self.holdings.finish(piece, failures, self.epoch, time.monotonic())
+        self.holdings.finish(piece, failures, self.session.epoch, time.monotonic())
         if self._paused or self.holdings.held <= self.pacing.window // 2:
             self._report()
         if not self._stopping:
-            why = self._why_replace()
+            why = self.recycling.why(self.holdings.done + self.holdings.failed_attempts,
+                                     self.pool.out_of_memory, time.monotonic())
             if why:
                 self._recycle(why)
-
-    def _why_replace(self) -> str:
-        """Why this process should make way for a fresh one now, if it should."""
-        cfg, done = self.cfg, self.holdings.done + self.holdings.failed_attempts
-        if self.pool.out_of_memory:
-            return "a job ran out of memory"
-        if cfg.max_jobs is not None and done >= cfg.max_jobs:
-            return f"{done} jobs done (--max-jobs-per-slave {cfg.max_jobs})"
-        now = time.monotonic()
-        if cfg.max_memory_mb is not None and now - self._memory_checked >= MEMORY_CHECK_S:
-            self._memory_checked = now
-            mb = _resident_mb()
-            if mb > cfg.max_memory_mb:
-                return f"{mb:.0f} MB resident (--max-memory {cfg.max_memory_mb})"
-        return ""
 
     def _report(self) -> None:
         """Acknowledge the finished batches held back, and tell the master our room."""
@@ -289,24 +250,8 @@ class Slave:
     # -- messages to the master ------------------------------------------------------------
 
     def _send(self, message: p.Message) -> None:
-        self.sock.send(self.seal(message))
-
-    def _knock(self, held: frozenset[int] | None = None,
-               started: frozenset[int] | None = None, beat: bool = False) -> p.Heartbeat:
-        # `sent` before `seen`: what the master has read from us, and we from it, only grows.
-        sent = self.seal.counter
-        return p.Heartbeat(self.name, self.nonce, held, started, beat, self._master_counter,
-                           sent)
+        self.sock.send(self.session.seal(message))
 
     def _beat(self) -> p.Heartbeat:
         # Runs on the heartbeat thread: reads attributes only.
-        return self._knock(*self.holdings.snapshot(), beat=True)
-
-
-def _resident_mb() -> float:
-    """This process's resident memory, in MB (0 where /proc cannot tell)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except (OSError, ValueError, IndexError):
-        return 0.0
+        return self.session.knock(*self.holdings.snapshot(), beat=True)

@@ -1,21 +1,31 @@
-"""How a run's job stream is opened: get_jobs with its KEY=VALUE arguments, resumed from
-`last` or by position, or the records of a failures file. The feeder (feeder.py) pulls it."""
+"""A run's job stream: how it is opened (get_jobs with its KEY=VALUE arguments, or the records
+of a failures file), how it tells its length, how it is resumed (from `last`, checked, or by
+position), and how its errors become the user's. The feeder (feeder.py) pulls it."""
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
-from collections.abc import Callable, Iterable
+import operator
+import pickle
+import traceback
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from . import sized
-from .config import MasterConfig
-from .errors import ConfigError
-from .feeder import NO_JOB, Feeder
-from .state import Checkpoint, count_failures, read_failures
+from .config import FEED_SKIP_STEP_JOBS
+from .errors import ConfigError, TaskmasterError, UserCodeError
+from .records import count_failures, read_failures
+from .state import safe_repr
 
 log = logging.getLogger(__name__)
+
+NO_JOB: Any = object()
+"""Stands for "no job" where any value, None included, can be a job."""
+_PICKLE = pickle.HIGHEST_PROTOCOL
+_DEFAULT_EQ = object.__eq__
 
 
 def takes_last(get_jobs: Callable[..., Any]) -> bool:
@@ -52,22 +62,82 @@ def recorded_jobs(path: Path) -> sized:
     return sized(read_failures(path), total=count_failures(path))
 
 
-def feeder_for(get_jobs: Callable[..., Any], cfg: MasterConfig, cp: Checkpoint | None,
-               retry_source: Path | None = None) -> Feeder:
-    """The feeder of a run that starts from ``cp`` (None: from scratch); a retry runs the
-    records of ``retry_source``."""
-    resume = cp.resume_seq if cp is not None and cp.has_last else 0
-    retry_source = retry_source or cfg.retry_failures  # the first round's: the file itself
-    if retry_source is not None:
-        path = retry_source
-        log.info("retrying the jobs recorded in %s%s", path,
-                 f", from record #{resume}" if resume else "")
-        # A file of records is resumed by position: the records before it are settled.
-        return Feeder(lambda: recorded_jobs(path), skip=resume, pairs=True)
-    if cp is not None and cp.has_last and takes_last(get_jobs):
-        return Feeder(opener(get_jobs, cfg.kwargs, last=cp.last_job), first=cp.last_seq,
-                      skip=resume - cp.last_seq, expect=cp.last_job)
-    if resume:
-        log.info("get_jobs takes no `last`: resuming by position, skipping the %d jobs "
-                 "before job #%d", resume, resume)
-    return Feeder(opener(get_jobs, cfg.kwargs), skip=resume)
+def open_stream(open: Callable[[], Iterable[Any]]
+                 ) -> tuple[Iterator[Any], int | None] | TaskmasterError:
+    """The stream's iterator and the length it tells (None when it does not), or the error
+    that ends the run at once."""
+    try:
+        stream = open()
+    except TaskmasterError as e:  # ours: a failures file that cannot be read, say
+        return e
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's, reported in full
+        return user_error(e)
+    try:
+        iterator = iter(stream)
+    except TypeError:
+        return ConfigError(f"get_jobs returned {safe_repr(stream, 60)}, which is not "
+                           "iterable; it must yield jobs (or return a list or a generator)")
+    except Exception as e:  # noqa: BLE001 - the user's own __iter__
+        return user_error(e)
+    try:
+        hint = operator.length_hint(stream, -1)
+    except Exception as e:  # noqa: BLE001 - a user's __length_hint__, or sized(total<0)
+        log.warning("get_jobs' result cannot say its length (%s: %s); no ETA shown",
+                    type(e).__name__, e)
+        hint = -1
+    return iterator, hint if hint >= 0 else None
+
+
+def resume(iterator: Iterator[Any], *, expect: Any, skip: int, pairs: bool,
+           closed: Callable[[], bool]) -> tuple[list[Any], TaskmasterError | None]:
+    """Begin a resumed stream: check its first job against ``expect`` (the ``last`` it was
+    given), and skip the ``skip`` jobs settled already (unless ``closed()`` first). Returns
+    the jobs read ahead that are still to run, and the error that ends the run, if any."""
+    try:
+        first: Any = next(iterator, NO_JOB)
+        if first is NO_JOB:
+            return [], None
+        if expect is not NO_JOB and not same_job(first[1] if pairs else first, expect):
+            # Not the job it was given: it may be the next one (a stream that resumes after
+            # `last`, not from it), so it runs, rather than be lost; and when `last` itself is
+            # not finished (nothing to skip), we have it, and run it first. At worst jobs run
+            # again.
+            return ([first] if skip else [expect, first]), None
+        if not skip:
+            return [first], None
+        left = skip - 1
+        while left > 0 and not closed():
+            step = min(left, FEED_SKIP_STEP_JOBS)
+            skipped = sum(1 for _ in itertools.islice(iterator, step))
+            left -= skipped
+            if skipped < step:
+                break
+    except TaskmasterError as e:
+        return [], e
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's, reported in full
+        return [], user_error(e)
+    return [], None
+
+
+def same_job(job: Any, expect: Any) -> bool:
+    """Whether the stream began with the job it was told to begin with; warns when not. A job
+    that does not define equality is compared by its pickle (it was unpickled from the state
+    file, so it is never the same object)."""
+    try:
+        if getattr(type(job), "__eq__", None) is _DEFAULT_EQ:
+            same = pickle.dumps(job, _PICKLE) == pickle.dumps(expect, _PICKLE)
+        else:
+            same = bool(job == expect)
+    except Exception:  # noqa: BLE001 - a job that cannot be compared: take it as the one
+        return True
+    if not same:
+        log.warning("get_jobs(last=%s) began with %s: it should yield from `last` on, "
+                    "inclusive (for i in range(last, N)). Every job it yields runs, so none is "
+                    "lost, but a stream that does not resume where it is told runs jobs "
+                    "again, and the counts of this run then include them",
+                    safe_repr(expect, 80), safe_repr(job, 80))
+    return same
+
+
+def user_error(e: BaseException) -> UserCodeError:
+    return UserCodeError(f"get_jobs raised {type(e).__name__}: {e}", traceback.format_exc())

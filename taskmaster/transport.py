@@ -19,15 +19,10 @@ import gevent.queue
 import zmq
 import zmq.green as gzmq
 
-from .config import (
-    MAX_MESSAGE_BYTES,
-    MESSAGE_SLACK_BYTES,
-    RECONNECT_FIRST_MS,
-    RECONNECT_MAX_MS,
-    signing_key,
-)
+from .config import MAX_MESSAGE_BYTES, MESSAGE_SLACK_BYTES, RECONNECT_FIRST_MS, RECONNECT_MAX_MS
 from .errors import ConfigError, InternalError, TransportError
 from .protocol import HEARTBEAT_SUFFIX, Gone, Seal
+from .settings import signing_key
 
 log = logging.getLogger(__name__)
 

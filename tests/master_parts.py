@@ -14,14 +14,15 @@ from typing import Any
 
 from taskmaster import protocol as p
 from taskmaster.checkpointer import Checkpointer
-from taskmaster.config import signing_key
 from taskmaster.errors import TaskmasterError
 from taskmaster.exchange import Exchange
 from taskmaster.handout import Handout
 from taskmaster.ledger import Ledger
+from taskmaster.records import FailureLog
 from taskmaster.redelivery import Redelivery
 from taskmaster.registry import Registry
-from taskmaster.state import FailureLog, StateFile
+from taskmaster.settings import signing_key
+from taskmaster.state import StateFile
 
 SLAVE = b"fuzz-slave:1:abcdef"
 

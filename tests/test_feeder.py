@@ -27,13 +27,15 @@ import psutil
 import pytest
 
 from taskmaster import sized
-from taskmaster.config import DEFAULT_BUFFER_SIZE, FEED_TURN_S, MasterConfig
+from taskmaster.config import DEFAULT_BUFFER_SIZE, FEED_TURN_S
 from taskmaster.errors import ConfigError, InternalError, StateError, UserCodeError
-from taskmaster.feeder import Chunk, Feeder
+from taskmaster.feeder import Chunk, Feeder, feeder_for
 from taskmaster.ledger import Failure
 from taskmaster.messages import JobError
-from taskmaster.state import Checkpoint, FailureLog
-from taskmaster.stream import feeder_for, opener
+from taskmaster.records import FailureLog
+from taskmaster.settings import MasterConfig
+from taskmaster.state import Checkpoint
+from taskmaster.stream import opener
 from taskmaster.target import Target
 
 MISSING: Any = object()

@@ -15,9 +15,9 @@ import zmq
 from master_parts import SLAVE, Parts
 
 from taskmaster import protocol as p
-from taskmaster.config import MasterConfig
 from taskmaster.errors import EXIT_FAILED, InternalError
 from taskmaster.master import Master
+from taskmaster.settings import MasterConfig
 from taskmaster.target import Target
 
 

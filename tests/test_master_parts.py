@@ -33,7 +33,6 @@ from taskmaster.config import (
     MAX_WINDOW_JOBS,
     WELCOME_REPEAT_S,
     WINDOW_BYTES,
-    MasterConfig,
 )
 from taskmaster.dispatch import JobSize, Lease, lease_for
 from taskmaster.errors import EXIT_REPLACE, StateError, UserCodeError
@@ -41,9 +40,11 @@ from taskmaster.exchange import Exchange
 from taskmaster.handout import Handout, Send
 from taskmaster.ledger import Ledger
 from taskmaster.protocol import HEARTBEAT_SUFFIX
+from taskmaster.records import FailureLog
 from taskmaster.redelivery import Redelivery
 from taskmaster.registry import Registry
-from taskmaster.state import Checkpoint, FailureLog, StateFile, decode_job
+from taskmaster.settings import MasterConfig
+from taskmaster.state import Checkpoint, StateFile, decode_job
 from taskmaster.target import Target
 
 OTHER = b"other-slave:2:fedcba"

@@ -38,7 +38,8 @@ from master_parts import SLAVE, Parts
 
 from procs import ANY_PORT, Proc, Procs, listening_on, read_ledger, wait_for
 from taskmaster import protocol as p
-from taskmaster.config import MAX_MESSAGE_BYTES, signing_key
+from taskmaster.config import MAX_MESSAGE_BYTES
+from taskmaster.settings import signing_key
 
 NO_EPOCH = p.NO_EPOCH
 DROPPED = r"dropped a message from "

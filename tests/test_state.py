@@ -13,15 +13,8 @@ import pytest
 from taskmaster.errors import StateError
 from taskmaster.ledger import Failure
 from taskmaster.protocol import JobError
-from taskmaster.state import (
-    Checkpoint,
-    FailureLog,
-    StateFile,
-    check_identity,
-    count_failures,
-    encode_job,
-    read_failures,
-)
+from taskmaster.records import FailureLog, count_failures, read_failures
+from taskmaster.state import Checkpoint, StateFile, check_identity, encode_job
 
 IDENTITY = {"target": "jobs:get_jobs", "kwargs": {"count": "10"}, "retry_failures": None}
 

@@ -1,0 +1,80 @@
+"""The slave's side of its session with a master: joining, and which messages are ours.
+
+A slave knocks with a fresh nonce until a master answers WELCOME to that nonce; the master's
+epoch then names the run the slave is in, and its counter only grows. A message of another
+epoch is for a run we have left; one whose counter does not grow is a replay (when signed).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from . import protocol as p
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """Who we are to the master, and what we have heard from it."""
+
+    def __init__(self, name: str, key: bytes | None, max_message_bytes: int) -> None:
+        self.name = name
+        self.key = key
+        self.max_message_bytes = max_message_bytes
+        self.seal = p.Seal(key)
+        self.number = 0
+        self.nonce = uuid.uuid4().hex
+        self.master_counter = 0
+        """The counter of the master's last message we took."""
+
+    @property
+    def epoch(self) -> bytes:
+        """The run we are in (`p.NO_EPOCH` before a master welcomed us)."""
+        return self.seal.epoch
+
+    @property
+    def joined(self) -> bool:
+        return self.seal.epoch != p.NO_EPOCH
+
+    def accept(self, frames: list[bytes]) -> p.Envelope | None:
+        """The master's message, if it is for us to act on."""
+        try:
+            envelope = p.decode(frames, key=self.key, kinds=p.MASTER_KINDS,
+                                max_bytes=self.max_message_bytes)
+        except p.ProtocolError as e:
+            log.warning("dropped a message from the master: %s", e)
+            return None
+        msg = envelope.message
+        if isinstance(msg, p.Welcome):
+            return envelope  # judged by `join`
+        if isinstance(msg, p.Done) and msg.nonce == self.nonce:
+            return envelope  # the answer to our knock, from a master that has just finished
+        if envelope.epoch != self.epoch:
+            return None  # meant for a run we have left
+        if self.key is not None and envelope.counter <= self.master_counter:
+            log.warning("dropped a replayed message from the master")
+            return None
+        self.master_counter = envelope.counter
+        return envelope
+
+    def join(self, envelope: p.Envelope, welcome: p.Welcome) -> bool:
+        """Take a WELCOME, if it answers our latest knock (else it is an earlier answer,
+        already taken, or a replay)."""
+        if welcome.nonce != self.nonce:
+            return False
+        if self.joined:
+            log.warning("master restarted or lost track of this slave; rejoining")
+        self.nonce = uuid.uuid4().hex
+        self.seal.epoch = envelope.epoch
+        self.number = welcome.session
+        self.master_counter = envelope.counter
+        return True
+
+    def knock(self, held: frozenset[int] | None = None,
+              started: frozenset[int] | None = None, beat: bool = False) -> p.Heartbeat:
+        """A heartbeat: our knock before joining, our liveness after."""
+        # `sent` before `seen`: what the master has read from us, and we from it, only grows.
+        sent = self.seal.counter
+        return p.Heartbeat(self.name, self.nonce, held, started, beat, self.master_counter,
+                           sent)
