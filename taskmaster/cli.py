@@ -1,4 +1,5 @@
-"""The four commands. Each one parses, validates into a config, builds, runs, maps to a status."""
+"""The commands but tm-ctl (ctl.py). Each one parses, validates into a config, builds, runs, maps
+to a status."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from .config import SECRET_ENV, SLAVES_PER_CPU_WARNING
+from .ctl import ctl
 from .errors import (
     EXIT_REPLACE,
     BrokenTargetError,
@@ -25,6 +27,7 @@ from .errors import (
     user_traceback,
 )
 from .green import switch_on
+from .limits import MaxFailures
 from .options import (
     GroupedOption,
     address_option,
@@ -73,7 +76,10 @@ def _master_config(target: str, pairs: tuple[str, ...], address: str, opts: dict
         stop_wait_s=opts["stop_wait"], retry_failures=opts["retry_failures"],
         max_message_bytes=opts["max_message_mb"] * MIB,
         max_buffer_bytes=opts["max_buffer_mb"] * MIB, linger_s=opts["linger"],
-        progress=not no_progress, **_security(opts, secret))
+        rate=opts["rate"], max_failures=(MaxFailures.parse(opts["max_failures"])
+                                         if opts["max_failures"] is not None else None),
+        progress=not no_progress, own_secret=secret is not None,
+        secret_file=opts["secret_file"], **_security(opts, secret))
 
 
 def _slave_config(target: str, address: str, opts: dict[str, Any],
@@ -283,7 +289,7 @@ def keygen(directory: Path, force: bool) -> None:
     setup_logging("INFO")
 
     def body() -> int:
-        from .transport import make_curve_keys
+        from .curve import make_curve_keys
 
         for path in make_curve_keys(directory, force=force):
             click.echo(str(path))
@@ -294,7 +300,7 @@ def keygen(directory: Path, force: bool) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Taskmaster: python -m taskmaster {master,slave,spawn,run} ..."""
+    """Taskmaster: python -m taskmaster {master,slave,spawn,run,keygen,ctl} ..."""
 
 
 main.add_command(master)
@@ -302,3 +308,4 @@ main.add_command(slave)
 main.add_command(spawn)
 main.add_command(run)
 main.add_command(keygen)
+main.add_command(ctl)

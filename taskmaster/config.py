@@ -36,6 +36,14 @@ FAILURE_SUMMARY_S = 5.0
 """Failures after the first of their type are said in counts, at most this often."""
 RATE_WINDOW_S = 10.0
 """The rate shown is over this much of the recent past."""
+FAILURE_WINDOW_JOBS = 1000
+"""--max-failures P%: the last this many settled jobs are judged."""
+FAILURE_MIN_JOBS = 100
+"""--max-failures P%: not judged before this many jobs settled."""
+CONTROL_SAMPLE_S = 1.0
+"""How often the rates tm-ctl status reports are sampled."""
+CONTROL_TIMEOUT_S = 5.0
+"""How long tm-ctl waits for a master's answer."""
 RETRY_BACKOFF_BASE_S = 0.5
 RETRY_BACKOFF_MAX_S = 30.0
 

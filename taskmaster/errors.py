@@ -51,6 +51,14 @@ class TransportError(TaskmasterError):
     exit_code = EXIT_USAGE
 
 
+class NoMasterError(TaskmasterError):
+    """tm-ctl found no master to talk to (none running, none answering)."""
+
+
+class FailureLimitError(TaskmasterError):
+    """--max-failures: the run stopped itself, its state saved, for too many failures."""
+
+
 class UserCodeError(TaskmasterError):
     """The user's `get_jobs` raised or yielded something we cannot send.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from . import protocol as p
 from .checkpointer import Checkpointer
@@ -39,6 +40,8 @@ class Exchange:
         self._drop_logged = float("-inf")
         self.farewell: p.Done | None = None
         """Once the run is complete: the answer to every slave that knocks or joins."""
+        self.control: Callable[[bytes, p.Envelope, p.Control, float], bool] | None = None
+        """Answers tm-ctl's requests (False: one not to act on)."""
 
     def handle(self, sender: bytes, frames: list[bytes], now: float) -> None:
         """Act on one message from ``sender``."""
@@ -55,7 +58,10 @@ class Exchange:
         slave = self.registry.get(sender)
         if slave is not None and current:
             slave.last_counter = envelope.counter
-        if isinstance(msg, p.Gone):
+        if isinstance(msg, p.Control):
+            if self.control is None or not self.control(sender, envelope, msg, now):
+                self.drop(sender, "control request not for this run")
+        elif isinstance(msg, p.Gone):
             self._on_gone(msg, now)
         elif isinstance(msg, p.Heartbeat):
             self._on_heartbeat(sender, msg, current, now)
@@ -139,6 +145,7 @@ class Exchange:
         self.handout.offer(slave, now)
 
     def _on_ack(self, slave: SlaveInfo, msg: p.Ack, now: float) -> None:
+        finished = self.ledger.stats.finished
         for done in msg.done:
             try:
                 final = self.ledger.ack(slave.ident, done.bid, done.failures, now)
@@ -148,6 +155,7 @@ class Exchange:
             if done.failures:
                 self._log_failures(slave, done.failures, final)
             self.checkpointer.record(self.ledger, final)
+        slave.done += self.ledger.stats.finished - finished
         # Jobs done make room, in bytes too (leased jobs count against --max-buffer-mb): the
         # stream may be waiting for it with the buffer empty.
         self.handout.room_freed()

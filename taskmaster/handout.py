@@ -28,6 +28,7 @@ from .errors import (
     UserCodeError,
 )
 from .ledger import Batch, Ledger
+from .limits import TokenBucket
 from .progress import plural
 from .registry import Registry, SlaveInfo
 from .state import safe_repr
@@ -47,7 +48,8 @@ class Handout:
     def __init__(self, ledger: Ledger, registry: Registry, checkpointer: Checkpointer,
                  send: Send, seal: p.Seal, *, stop: Callable[[TaskmasterError], None],
                  room_freed: Callable[[], None],
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 rate: float | None = None) -> None:
         self.ledger = ledger
         self.registry = registry
         self.checkpointer = checkpointer
@@ -61,6 +63,10 @@ class Handout:
         self.digest = FailureDigest(log)
         self.closed = False
         """No new leases (the run is stopping)."""
+        self.paused = False
+        """No new leases until resumed (tm-ctl pause)."""
+        self.bucket = TokenBucket(rate, time.monotonic())
+        """At most so many jobs a second go out (--rate, tm-ctl rate)."""
 
     def send(self, ident: bytes, message: p.Message) -> bool:
         return self._send(ident, self.seal(message))
@@ -73,9 +79,9 @@ class Handout:
         """Lease ``slave`` what it may hold now, and send it."""
         if slave.leaving or self.closed:
             return
-        if self.checkpointer.blocked:
-            # A file cannot be written: nothing new goes out until it can (the master offers
-            # work to those waiting when it can again).
+        if self.checkpointer.blocked or self.paused:
+            # A file cannot be written, or an operator paused the run: nothing new goes out
+            # until it can (the master offers work to those waiting then).
             self.registry.waiting.add(slave.ident)
             return
         lease = lease_for(slave.window, self.ledger.held_by(slave.ident), slave.concurrency,
@@ -84,9 +90,14 @@ class Handout:
         if credit <= 0:
             self.registry.waiting.discard(slave.ident)
             return
-        batches = deque(self.ledger.take(slave.ident, credit, now, max_batch=lease.max_batch,
-                                         alone=self.registry.takers() <= 1))
+        # Under a rate limit, only the jobs the bucket holds; the slave waits for the rest
+        # (the master's tick serves those waiting as the bucket fills).
+        allowed = min(credit, self.bucket.available(now))
+        batches = deque(self.ledger.take(slave.ident, allowed, now, max_batch=lease.max_batch,
+                                         alone=self.registry.takers() <= 1)) if allowed else deque()
         took = bool(batches)
+        if took:
+            self.bucket.spend(sum(len(b.jobs) for b in batches))
         while batches:
             sent = self._send_batch(slave, batches.popleft(), batches, now)
             if sent is None:

@@ -25,21 +25,23 @@ import gevent.event
 
 from . import protocol as p
 from .checkpointer import Checkpointer
-from .config import DONE_LINGER_S, MAX_MESSAGE_BYTES
+from .config import CONTROL_SAMPLE_S, DONE_LINGER_S, MAX_MESSAGE_BYTES
+from .control import Control
+from .curve import load_curve
 from .dispatch import buffer_room
 from .errors import InternalError, Outcome, TaskmasterError, exit_code_for_signal
 from .exchange import Exchange
 from .feeder import feeder_for
 from .handout import Handout
 from .ledger import Ledger
-from .progress import Progress, Snapshot, plural
+from .progress import Progress, plural
 from .redelivery import Redelivery
 from .registry import Registry
 from .report import already_complete, report_end, report_start
 from .settings import MasterConfig, signing_key
 from .signals import StopSignals
-from .transport import MasterSocket, load_curve
-from .upkeep import Upkeep
+from .transport import MasterSocket
+from .upkeep import Upkeep, every
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +108,15 @@ class Master:
         key, epoch = signing_key(cfg.secret), p.new_epoch()
         self.handout = Handout(self.ledger, self.registry, self.checkpointer, self.sock.send,
                                p.Seal(key, epoch), stop=self.stop, room_freed=self._room_freed,
-                               max_message_bytes=cfg.max_message_bytes)
+                               max_message_bytes=cfg.max_message_bytes, rate=cfg.rate)
         self.exchange = Exchange(self.ledger, self.registry, self.handout, self.checkpointer,
                                  key=key, epoch=epoch)
+        self.control = Control(cfg, registry=self.registry, ledger=self.ledger,
+                               handout=self.handout, exchange=self.exchange,
+                               signals=self.signals, totals=self._totals,
+                               total=lambda: self.feeder.total, address=self.sock.address,
+                               epoch=epoch, stop=self.stop)
+        self._resources.append(self.control)
         log.info("master listening on %s (%s); %s", self.sock.address, cfg.security,
                  self.expected)
         # From now on (until close), a stop signal is a graceful stop, whenever it comes.
@@ -118,11 +126,13 @@ class Master:
 
     def serve(self) -> Outcome:
         """Serve slaves until the run is complete or stopped; checkpoint; the outcome."""
-        self.progress = Progress(self.snapshot, enabled=self.cfg.progress)
+        self.progress = Progress(self.control.snapshot, enabled=self.cfg.progress)
         upkeep = Upkeep(lease_timeout_s=self.cfg.lease_timeout_s, registry=self.registry,
                         ledger=self.ledger, handout=self.handout,
                         checkpointer=self.checkpointer, progress=self.progress,
-                        check_complete=self._check_complete)
+                        check_complete=self._check_complete,
+                        also=[every(CONTROL_SAMPLE_S, self.control.sample),
+                              self.control.check_limits])
         for body in (self._feed, self._receive, upkeep.run):
             greenlet = gevent.spawn(body)
             greenlet.link_exception(self._crashed)
@@ -146,7 +156,7 @@ class Master:
                    elapsed_s=time.monotonic() - self.started,
                    state_path=self.cfg.state_path, failures_path=self.cfg.failures_path,
                    saved=saved, on_disk=self.checkpointer.on_disk, digest=self.handout.digest,
-                   retrying=self.cfg.retry_failures is not None)
+                   retrying=self.cfg.retry_failures is not None, stopped_by=self.signals.by)
         return outcome
 
     def farewell(self, until: Callable[[], bool] = lambda: True,
@@ -210,8 +220,10 @@ class Master:
     def _receive(self) -> None:
         while True:
             sender, frames = self.sock.recv()
-            self.exchange.handle(sender, frames, time.monotonic())
+            now = time.monotonic()
+            self.exchange.handle(sender, frames, now)
             self._check_complete()
+            self.control.check_limits(now)
 
     def _check_complete(self) -> None:
         if self.ledger.complete:
@@ -243,12 +255,3 @@ class Master:
     def _totals(self) -> tuple[int, int]:
         """Jobs of the run finished and failed, each counted once across restarts."""
         return self.checkpointer.finished(self.ledger), self.checkpointer.failed(self.ledger)
-
-    def snapshot(self) -> Snapshot:
-        """The numbers the progress display shows."""
-        ledger, (finished, failed) = self.ledger, self._totals()
-        return Snapshot(done=finished + failed, failed=failed, total=self.feeder.total,
-                        buffered=ledger.buffered + ledger.requeued, leased=ledger.leased,
-                        slaves=len(self.registry), dropped=self.exchange.dropped,
-                        paused="a file cannot be written" if self.checkpointer.blocked else "")
-

@@ -13,6 +13,17 @@ from typing import Any, ClassVar
 
 from .config import DEFAULT_MAX_MESSAGE_BYTES, MAX_ERROR_CHARS, MAX_HOST_CHARS, MAX_NAME_CHARS
 from .errors import user_traceback
+from .fields import MOST_COUNT as MOST_COUNT  # re-exported: the contract's bound
+from .fields import (
+    ProtocolError,
+    a_list,
+    as_list,
+    count,
+    fields,
+    ids,
+    safe_str,
+    text,
+)
 
 READY = b"READY"
 ACK = b"ACK"
@@ -24,14 +35,13 @@ JOBS = b"JOBS"
 PING = b"PING"
 STOP = b"STOP"
 DONE = b"DONE"
+CONTROL = b"CTL"
+ANSWER = b"ANSWER"
 
-MOST_COUNT = 2**62
-"""Largest number any count field may hold (JSON itself has no bound)."""
-
-
-class ProtocolError(ValueError):
-    """A message that does not fit the protocol; it is dropped and counted, never acted on."""
-
+COMMANDS = ("hello", "status", "pause", "resume", "stop", "rate")
+"""What tm-ctl may ask (hello: the master's epoch, answered to anyone who may ask)."""
+MOST_RATE = 1e9
+"""Largest rate limit a request may set, in jobs per second."""
 
 @dataclass(frozen=True, slots=True)
 class JobError:
@@ -45,7 +55,7 @@ class JobError:
     def of(cls, e: BaseException) -> JobError:
         """The error of a user's call that raised ``e`` (its traceback from the user's own
         frames on)."""
-        return cls(type(e).__name__, _str(e)[:MAX_ERROR_CHARS],
+        return cls(type(e).__name__, safe_str(e)[:MAX_ERROR_CHARS],
                    user_traceback(e)[-MAX_ERROR_CHARS:])
 
     def to_wire(self) -> list[str]:
@@ -53,9 +63,9 @@ class JobError:
 
     @classmethod
     def from_wire(cls, value: Any) -> JobError:
-        kind, message, trace = _fields(value, 3, "error")
-        return cls(_text(kind, MAX_NAME_CHARS), _text(message, MAX_ERROR_CHARS),
-                   _text(trace, MAX_ERROR_CHARS))
+        kind, message, trace = fields(value, 3, "error")
+        return cls(text(kind, MAX_NAME_CHARS), text(message, MAX_ERROR_CHARS),
+                   text(trace, MAX_ERROR_CHARS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +87,9 @@ class Ready:
 
     @classmethod
     def parse(cls, body: Any) -> Ready:
-        session, window, concurrency, host, pid, max_bytes = _fields(body, 6, "READY")
-        return cls(_count(session), _count(window), _count(concurrency),
-                   _text(host, MAX_HOST_CHARS), _count(pid), _count(max_bytes))
+        session, window, concurrency, host, pid, max_bytes = fields(body, 6, "READY")
+        return cls(count(session), count(window), count(concurrency),
+                   text(host, MAX_HOST_CHARS), count(pid), count(max_bytes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +114,15 @@ class Ack:
 
     @classmethod
     def parse(cls, body: Any) -> Ack:
-        done, window = _fields(body, 2, "ACK")
+        done, window = fields(body, 2, "ACK")
         batches = []
-        for item in _list(done, "ACK batches"):
-            bid, failures = _fields(item, 2, "ACK batch")
-            batches.append(BatchDone(_count(bid), tuple(
-                (_count(index), JobError.from_wire(error))
-                for index, error in (_fields(f, 2, "failure") for f in _list(failures,
+        for item in a_list(done, "ACK batches"):
+            bid, failures = fields(item, 2, "ACK batch")
+            batches.append(BatchDone(count(bid), tuple(
+                (count(index), JobError.from_wire(error))
+                for index, error in (fields(f, 2, "failure") for f in a_list(failures,
                                                                             "failures")))))
-        return cls(tuple(batches), _count(window))
+        return cls(tuple(batches), count(window))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,16 +147,16 @@ class Heartbeat:
     sent: int = 0
 
     def body(self) -> Any:
-        return [self.slave, self.nonce, _as_list(self.held), _as_list(self.started),
+        return [self.slave, self.nonce, as_list(self.held), as_list(self.started),
                 self.beat, self.seen, self.sent]
 
     @classmethod
     def parse(cls, body: Any) -> Heartbeat:
-        slave, nonce, held, started, beat, seen, sent = _fields(body, 7, "HB")
+        slave, nonce, held, started, beat, seen, sent = fields(body, 7, "HB")
         if type(beat) is not bool:
             raise ProtocolError("HB: expected a flag")
-        return cls(_text(slave, MAX_NAME_CHARS), _text(nonce, MAX_NAME_CHARS), _ids(held),
-                   _ids(started), beat, _count(seen), _count(sent))
+        return cls(text(slave, MAX_NAME_CHARS), text(nonce, MAX_NAME_CHARS), ids(held),
+                   ids(started), beat, count(seen), count(sent))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +171,7 @@ class Bye:
 
     @classmethod
     def parse(cls, body: Any) -> Bye:
-        return cls(tuple(_count(bid) for bid in _list(body, "BYE")))
+        return cls(tuple(count(bid) for bid in a_list(body, "BYE")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,15 +197,15 @@ class Gone:
 
     @classmethod
     def parse(cls, body: Any) -> Gone:
-        slave, code, timed_out, handed_back = _fields(body, 4, "GONE")
+        slave, code, timed_out, handed_back = fields(body, 4, "GONE")
         if code is not None and (type(code) is not int or not -256 < code < 256):
             raise ProtocolError("GONE: expected an exit status")
         job = None
         if timed_out is not None:
-            bid, index, error = _fields(timed_out, 3, "GONE job")
-            job = (_count(bid), _count(index), JobError.from_wire(error))
-        return cls(_text(slave, MAX_NAME_CHARS), code, job,
-                   tuple(_count(bid) for bid in _list(handed_back, "GONE batches")))
+            bid, index, error = fields(timed_out, 3, "GONE job")
+            job = (count(bid), count(index), JobError.from_wire(error))
+        return cls(text(slave, MAX_NAME_CHARS), code, job,
+                   tuple(count(bid) for bid in a_list(handed_back, "GONE batches")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +221,8 @@ class Welcome:
 
     @classmethod
     def parse(cls, body: Any) -> Welcome:
-        session, nonce = _fields(body, 2, "WELCOME")
-        return cls(_count(session), _text(nonce, MAX_NAME_CHARS))
+        session, nonce = fields(body, 2, "WELCOME")
+        return cls(count(session), text(nonce, MAX_NAME_CHARS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +245,7 @@ class Jobs:
         bid, jobs, isolate = body
         if type(jobs) is not list or not jobs or type(isolate) is not bool:
             raise ProtocolError("JOBS: expected a non-empty list of jobs and a flag")
-        return cls(_count(bid), jobs, isolate)
+        return cls(count(bid), jobs, isolate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,62 +290,62 @@ class Done:
 
     @classmethod
     def parse(cls, body: Any) -> Done:
-        finished, failed, nonce = _fields(body, 3, "DONE")
-        return cls(_count(finished), _count(failed),
-                   None if nonce is None else _text(nonce, MAX_NAME_CHARS))
+        finished, failed, nonce = fields(body, 3, "DONE")
+        return cls(count(finished), count(failed),
+                   None if nonce is None else text(nonce, MAX_NAME_CHARS))
 
 
-Message = Ready | Ack | Heartbeat | Bye | Gone | Welcome | Jobs | Ping | Stop | Done
+@dataclass(frozen=True, slots=True)
+class Control:
+    """tm-ctl to master: a request. ``client`` names the connection it comes from (the MAC
+    does not cover a connection's identity, which a peer picks itself); ``value`` is the rate
+    of "rate" (None: no limit)."""
+
+    KIND: ClassVar[bytes] = CONTROL
+    client: str
+    nonce: str
+    command: str
+    value: float | None = None
+
+    def body(self) -> Any:
+        return [self.client, self.nonce, self.command, self.value]
+
+    @classmethod
+    def parse(cls, body: Any) -> Control:
+        client, nonce, command, value = fields(body, 4, "CTL")
+        if command not in COMMANDS:
+            raise ProtocolError(f"CTL: unknown command {safe_str(command)[:20]!r}")
+        if value is not None and (type(value) not in (int, float)
+                                  or not 0 < value <= MOST_RATE):  # NaN fails this too
+            raise ProtocolError("CTL: a rate must be a positive number of jobs per second")
+        return cls(text(client, MAX_NAME_CHARS), text(nonce, MAX_NAME_CHARS), command,
+                   None if value is None else float(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Master to tm-ctl: whether the request was done, one line saying what changed, and
+    for "status" the run's numbers."""
+
+    KIND: ClassVar[bytes] = ANSWER
+    nonce: str
+    ok: bool
+    line: str
+    status: dict[str, Any] | None = None
+
+    def body(self) -> Any:
+        return [self.nonce, self.ok, self.line, self.status]
+
+    @classmethod
+    def parse(cls, body: Any) -> Answer:
+        nonce, ok, line, status = fields(body, 4, "ANSWER")
+        if type(ok) is not bool or (status is not None and type(status) is not dict):
+            raise ProtocolError("ANSWER: expected a flag and a status object")
+        return cls(text(nonce, MAX_NAME_CHARS), ok, text(line, MAX_ERROR_CHARS), status)
+
+
+Message = (Ready | Ack | Heartbeat | Bye | Gone | Welcome | Jobs | Ping | Stop | Done | Control
+           | Answer)
 TYPES: dict[bytes, Any] = {t.KIND: t for t in (Ready, Ack, Heartbeat, Bye, Gone, Welcome, Jobs,
-                                                Ping, Stop, Done)}
+                                                Ping, Stop, Done, Control, Answer)}
 """Each kind's message class."""
-
-
-# -- field checks: each returns the value, or raises ProtocolError ---------------------------
-
-
-def _count(value: Any) -> int:
-    # type() rather than isinstance(): True is an int too, and JSON allows floats, 1e999, NaN.
-    if type(value) is not int or not 0 <= value <= MOST_COUNT:
-        raise ProtocolError(f"expected a count, got {_str(value)[:40]!r}")
-    return value
-
-
-def _text(value: Any, most_chars: int) -> str:
-    if type(value) is not str:
-        raise ProtocolError(f"expected text, got {type(value).__name__}")
-    try:
-        # JSON can carry a lone surrogate, which no encoding of ours would take later. (A
-        # slave's name from a host that is not UTF-8 arrives surrogate-escaped: that is fine.)
-        value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise ProtocolError("text that cannot be encoded (a lone surrogate)") from None
-    return value[:most_chars]
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if type(value) is not list:
-        raise ProtocolError(f"{what}: expected a list, got {type(value).__name__}")
-    return value
-
-
-def _fields(value: Any, n: int, what: str) -> list[Any]:
-    if type(value) is not list or len(value) != n:
-        raise ProtocolError(f"{what}: expected a list of {n} fields")
-    return value
-
-
-def _ids(value: Any) -> frozenset[int] | None:
-    return None if value is None else frozenset(_count(v) for v in _list(value, "batch ids"))
-
-
-def _as_list(ids: frozenset[int] | None) -> list[int] | None:
-    return None if ids is None else list(ids)
-
-
-def _str(value: Any) -> str:
-    """str() that never raises: a user's exception may have a broken __str__."""
-    try:
-        return str(value)
-    except Exception as e:  # noqa: BLE001
-        return f"<unprintable {type(value).__name__}: {type(e).__name__}>"

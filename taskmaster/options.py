@@ -77,7 +77,8 @@ def command(name: str) -> Callable[[Callable[..., Any]], click.Command]:
 
 _GROUP_OF = {
     "Run": ("size", "max-buffer-mb", "state-file", "failures-file", "reset", "lease-timeout",
-            "max-retries", "max-deaths", "linger", "stop-wait", "retry-failures"),
+            "max-retries", "max-deaths", "linger", "stop-wait", "retry-failures", "rate",
+            "max-failures"),
     "Slave": ("concurrency", "master-timeout", "job-timeout", "no-monkey-patch",
               "max-jobs-per-slave", "max-memory"),
     "Connection": ("address", "max-message-mb"),
@@ -173,6 +174,12 @@ def master_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="Run exactly the jobs recorded in this failures file, again, as a run "
                      "of its own (its files beside FILE; --state-file and --failures-file "
                      "name the run it retries). Again after that: the jobs still failed."),
+        option("--rate", type=float, default=None,
+                help="At most this many jobs a second, across all slaves (change it live "
+                     "with tm-ctl rate)."),
+        option("--max-failures", default=None, metavar="N|P%",
+                help="Stop (state saved, exit 1) once N jobs of this session failed for good, "
+                     "or once more than P% of the last 1000 settled jobs failed."),
     ]):
         f = opt(f)
     return f

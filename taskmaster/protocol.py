@@ -34,7 +34,9 @@ from typing import Any
 
 from .messages import (
     ACK,
+    ANSWER,
     BYE,
+    CONTROL,
     DONE,
     GONE,
     HEARTBEAT,
@@ -46,8 +48,10 @@ from .messages import (
     TYPES,
     WELCOME,
     Ack,
+    Answer,
     BatchDone,
     Bye,
+    Control,
     Done,
     Gone,
     Heartbeat,
@@ -62,14 +66,48 @@ from .messages import (
 )
 
 __all__ = [  # the messages are part of the contract: protocol.Ready, protocol.JobError, ...
-    "ACK", "BYE", "DONE", "GONE", "HEARTBEAT", "JOBS", "MOST_COUNT", "PING", "READY", "STOP",
-    "WELCOME", "Ack", "BatchDone", "Bye", "Done", "Envelope", "Gone", "Heartbeat", "JobError",
-    "Jobs", "Message", "Ping", "ProtocolError", "Ready", "Seal", "Stop", "Welcome", "decode",
-    "encode", "new_epoch", "pack", "unpack",
+    "ACK",
+    "ANSWER",
+    "BYE",
+    "CONTROL",
+    "DONE",
+    "GONE",
+    "HEARTBEAT",
+    "JOBS",
+    "MOST_COUNT",
+    "PING",
+    "READY",
+    "STOP",
+    "WELCOME",
+    "Ack",
+    "Answer",
+    "BatchDone",
+    "Bye",
+    "Control",
+    "Done",
+    "Envelope",
+    "Gone",
+    "Heartbeat",
+    "JobError",
+    "Jobs",
+    "Message",
+    "Ping",
+    "ProtocolError",
+    "Ready",
+    "Seal",
+    "Stop",
+    "Welcome",
+    "decode",
+    "encode",
+    "new_epoch",
+    "pack",
+    "unpack",
 ]
 
-SLAVE_KINDS = frozenset({READY, ACK, HEARTBEAT, BYE, GONE})
-"""What a master accepts."""
+SLAVE_KINDS = frozenset({READY, ACK, HEARTBEAT, BYE, GONE, CONTROL})
+"""What a master accepts from slaves (and `CONTROL` from tm-ctl)."""
+CONTROL_KINDS = frozenset({ANSWER})
+"""What tm-ctl accepts."""
 MASTER_KINDS = frozenset({WELCOME, JOBS, PING, STOP, DONE})
 """What a slave accepts."""
 
@@ -129,7 +167,7 @@ def encode(message: Message, *, epoch: bytes, counter: int,
 
 
 def unpack(frames: list[bytes], *, key: bytes | None = None,
-           kinds: frozenset[bytes] = SLAVE_KINDS | MASTER_KINDS,
+           kinds: frozenset[bytes] = SLAVE_KINDS | MASTER_KINDS | CONTROL_KINDS,
            max_bytes: int | None = None) -> tuple[bytes, bytes, int, Any]:
     """(kind, epoch, counter, raw body) of a message, authenticated before it is decoded."""
     if len(frames) != 4:

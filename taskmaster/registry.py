@@ -38,6 +38,8 @@ class SlaveInfo:
     started_seen: int = 0
     last_counter: int = 0
     """The counter of the last message read from its own socket."""
+    done: int = 0
+    """Jobs it finished (acknowledged without an error), this session."""
     said_bye: bool = False
     """It said it was leaving (BYE): what it still holds, it was finishing."""
     gone: tuple[float, int | None, str] | None = None

@@ -30,18 +30,18 @@ def report_start(cfg: MasterConfig, cp: Checkpoint | None) -> None:
 def report_end(outcome: Outcome, stats: Stats, *, dropped: int, elapsed_s: float,
                state_path: Path, failures_path: Path, saved: bool,
                on_disk: tuple[Checkpoint, float] | None, digest: FailureDigest,
-               retrying: bool = False) -> None:
+               retrying: bool = False, stopped_by: str = "") -> None:
     """Log the end of a run (not an already complete one: that says so at its start).
     ``stats`` are this session's, ``outcome`` the run's; ``saved``: the final checkpoint was
     written; ``on_disk``: what the state file holds; ``retrying``: a round of
-    --retry-failures."""
+    --retry-failures; ``stopped_by``: what asked for the stop, when not a signal's name."""
     digest.flush(force=True)
     if outcome.error is not None:
         trace = getattr(outcome.error, "user_traceback", "").rstrip()
         log.error("%s%s", outcome.error, "\n" + trace if trace else "")
         log.error("run stopped; %s", _state(saved, on_disk))
     elif outcome.signal is not None:
-        log.warning("stopped by %s; %s", signal.Signals(outcome.signal).name,
+        log.warning("stopped by %s; %s", stopped_by or signal.Signals(outcome.signal).name,
                     _state(saved, on_disk))
     else:
         ran = stats.finished + stats.failed

@@ -30,6 +30,8 @@ from .config import (
     SECRET_ENV,
 )
 from .errors import ConfigError
+from .limits import MaxFailures
+from .messages import MOST_RATE
 from .target import Target, default_state_path, failures_path_for
 
 
@@ -144,13 +146,23 @@ class MasterConfig:
     linger_s: float = DEFAULT_LINGER_S
     progress: bool = True
     retry_failures: Path | None = None
+    rate: float | None = None
+    """At most so many jobs a second handed out, across all slaves (--rate)."""
+    max_failures: MaxFailures | None = None
+    """Stop the run once its failures pass this bound (--max-failures)."""
     secret: bytes | None = field(default=None, repr=False)
+    own_secret: bool = False
+    """The secret is the run's own (tm-run made it): tm-ctl finds it in the control file."""
+    secret_file: Path | None = None
     insecure: bool = False
     curve_dir: Path | None = None
 
     def __post_init__(self) -> None:
         check_address(self.address)
         check_exposure(self.address, self.secret, self.insecure, "master")
+        if self.rate is not None and not 0 < self.rate <= MOST_RATE:
+            raise ConfigError(f"--rate must be a positive number of jobs per second (at most "
+                              f"{MOST_RATE:g}), got {self.rate:g}")
         if self.size < 1:
             raise ConfigError(f"--size must be at least 1, got {self.size}")
         if self.max_retries < 0 or self.max_deaths < 1 or self.stop_wait_s < 0:

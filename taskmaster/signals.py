@@ -37,6 +37,8 @@ class StopSignals:
 
     def __init__(self, on_second: Callable[[int], None], *, green: bool = True) -> None:
         self.requested: int | None = None
+        self.by = ""
+        """Who asked for the stop, when not a signal that arrived (see `request`)."""
         self.at = 0.0
         self.arrived = gevent.event.Event()
         self._on_second = on_second
@@ -71,7 +73,17 @@ class StopSignals:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.requested).name if self.requested is not None else ""
+        """What asked for the stop: the signal's name, or who asked for it like one."""
+        if self.requested is None:
+            return ""
+        return self.by or signal.Signals(self.requested).name
+
+    def request(self, signum: int, by: str) -> None:
+        """Ask for what the first ``signum`` asks for, as ``by`` (tm-ctl stop, say), as if it
+        had arrived; nothing when a stop was asked for already."""
+        if self.requested is None:
+            self._handle(signum)
+            self.by = by
 
     def _handle(self, signum: int) -> None:
         if self.requested is not None:

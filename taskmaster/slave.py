@@ -34,6 +34,7 @@ from .config import (
     SLAVE_STOP_WAIT_S,
     SLAVE_WAKE_S,
 )
+from .curve import load_curve
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_REPLACE, exit_code_for_signal
 from .holdings import Failures, Holdings, Piece
 from .pacing import Pacing
@@ -42,7 +43,7 @@ from .recycling import Recycling
 from .session import Session
 from .settings import SlaveConfig, signing_key
 from .signals import StopSignals
-from .transport import SlaveSocket, load_curve, start_heartbeat_thread
+from .transport import SlaveSocket, start_heartbeat_thread
 from .watchdog import Watchdog, end_process
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import StateError
+from .errors import NoMasterError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -250,3 +250,68 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class ControlFile:
+    """``<state file>.ctl``, there while the run's master is: how tm-ctl reaches it by the state
+    file alone (``tm-ctl --state-file``), a tm-run on its private endpoint included. Readable by
+    its owner only: it may hold the run's own secret (tm-run's), never one the user gave."""
+
+    def __init__(self, state_path: Path) -> None:
+        self.path = state_path.with_name(state_path.name + ".ctl")
+        self._written = False
+
+    def write(self, address: str, *, secret: bytes | None, secret_file: Path | None,
+              curve_dir: Path | None) -> None:
+        """Say how to reach this process's master; a file that cannot be written costs only
+        the finding by state file (a warning)."""
+        data = {"address": address, "pid": os.getpid(), "host": socket.gethostname(),
+                "secret": secret.decode() if secret is not None else None,
+                "secret_file": str(secret_file.resolve()) if secret_file else None,
+                "curve_dir": str(curve_dir.resolve()) if curve_dir else None}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.path)
+            self._written = True
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning("cannot write %s (%s): tm-ctl finds this run by --address only",
+                        self.path, e.strerror)
+
+    def close(self) -> None:
+        """The master is going: no file left to name it (unless another master's by now)."""
+        if self._written:
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(self.path.read_text())["pid"] == os.getpid():
+                    self.path.unlink()
+            self._written = False
+
+    def read(self) -> dict[str, Any]:
+        """What the running master wrote; NoMasterError when there is none, or it is not
+        running (on this host) any more."""
+        try:
+            data = json.loads(self.path.read_text())
+            address, pid, host = str(data["address"]), int(data["pid"]), str(data["host"])
+        except FileNotFoundError:
+            raise NoMasterError(f"no master is running with state file {self.path.name[:-4]} "
+                             f"(no {self.path}); is the run going? Else use --address") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise NoMasterError(f"cannot read {self.path} ({e}); use --address") from None
+        if host == socket.gethostname() and not _running(pid):
+            raise NoMasterError(f"the master of {self.path.name[:-4]} (pid {pid}) is not running "
+                             "any more")
+        return dict(data, address=address)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

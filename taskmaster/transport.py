@@ -1,4 +1,5 @@
-"""The only module that touches ZeroMQ: socket set-up, and ZeroMQ errors turned into ours.
+"""With curve.py (the keys), the only module that touches ZeroMQ: socket set-up, and ZeroMQ
+errors turned into ours.
 
 No retries and no sleeps hide in here; what to do when a peer is gone is the caller's call.
 """
@@ -10,7 +11,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import gevent
@@ -20,7 +20,8 @@ import zmq
 import zmq.green as gzmq
 
 from .config import MAX_MESSAGE_BYTES, MESSAGE_SLACK_BYTES, RECONNECT_FIRST_MS, RECONNECT_MAX_MS
-from .errors import ConfigError, InternalError, TransportError
+from .curve import Curve, load_curve
+from .errors import InternalError, TransportError
 from .protocol import HEARTBEAT_SUFFIX, Gone, Seal
 from .settings import signing_key
 
@@ -84,6 +85,39 @@ class MasterSocket:
 
     def close(self, linger_s: float = 0.0) -> None:
         self._sock.close(linger=int(linger_s * 1000))
+
+
+class ControlLine:
+    """tm-ctl's line to a master: a plain (not gevent) DEALER, one request at a time."""
+
+    def __init__(self, address: str, identity: bytes, curve: Curve | None = None) -> None:
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        if curve is not None:
+            curve.apply(self._sock, server=False)
+        self._sock.setsockopt(zmq.IDENTITY, identity)
+        # No IMMEDIATE: the first request waits for the connection rather than be dropped,
+        # and a master that is not there shows as no answer within the timeout.
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        try:
+            self._sock.connect(address)
+        except zmq.ZMQError as e:
+            self.close()
+            raise _fail("connect to", address, e) from None
+
+    def send(self, frames: list[bytes]) -> None:
+        self._sock.send_multipart(frames)
+
+    def recv(self, timeout_s: float) -> list[bytes] | None:
+        """The next message, or None when none came within ``timeout_s``."""
+        if not self._sock.poll(max(1, int(timeout_s * 1000))):
+            return None
+        return self._sock.recv_multipart()
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+        self._ctx.term()
 
 
 class SlaveSocket:
@@ -259,67 +293,3 @@ def start_heartbeat_thread(address: str, identity: bytes, beat: Beat, interval_s
     start_thread(run, ())
     stop: Callable[[], None] = stopped.release
     return stop
-
-
-@dataclass(frozen=True)
-class Curve:
-    """CurveZMQ keys: the master's public key, and this side's own key pair."""
-
-    server_public: bytes
-    public: bytes
-    secret: bytes
-
-    def apply(self, sock: zmq.Socket, server: bool) -> None:
-        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
-        if server:
-            sock.setsockopt(zmq.CURVE_SERVER, 1)
-        else:
-            sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
-
-
-CURVE_NAMES = ("master", "slave")
-
-
-def make_curve_keys(directory: Path, force: bool = False) -> list[Path]:
-    """Write a master and a slave key pair into ``directory``; return the files made. Keys
-    already there are kept (a ConfigError) unless ``force``."""
-    import zmq.auth
-
-    if not zmq.has("curve"):
-        raise TransportError("this libzmq was built without CurveZMQ support")
-    there = [directory / f"{name}{end}" for name in CURVE_NAMES for end in (".key", ".key_secret")
-             if (directory / f"{name}{end}").exists()]
-    if there and not force:
-        raise ConfigError(f"{there[0]} exists: keys are already in {directory}; --force "
-                          "replaces them (whoever holds the old ones can no longer connect)")
-    made: list[Path] = []
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        for name in CURVE_NAMES:
-            public, secret = zmq.auth.create_certificates(str(directory), name)
-            Path(secret).chmod(0o600)
-            made += [Path(public), Path(secret)]
-    except OSError as e:
-        raise ConfigError(f"cannot write keys in {directory}: {e.strerror}; choose a "
-                          "directory you can write") from None
-    return made
-
-
-def load_curve(directory: Path, role: str) -> Curve:
-    """Keys for ``role`` ("master" or "slave") from a directory made by tm-keygen."""
-    import zmq.auth
-
-    def read(name: str) -> tuple[bytes, bytes | None]:
-        path = directory / name
-        try:
-            return zmq.auth.load_certificate(str(path))
-        except (OSError, ValueError) as e:
-            raise TransportError(f"cannot read Curve key {path} ({e}); "
-                                 "make keys with tm-keygen DIR") from None
-
-    server_public, _ = read("master.key")
-    public, secret = read(f"{role}.key_secret")
-    if secret is None:
-        raise TransportError(f"{directory / (role + '.key_secret')} holds no secret key")
-    return Curve(server_public, public, secret)

@@ -8,7 +8,7 @@ is a step here, in the order it runs; none blocks.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import gevent
 
@@ -28,7 +28,8 @@ class Upkeep:
 
     def __init__(self, *, lease_timeout_s: float, registry: Registry, ledger: Ledger,
                  handout: Handout, checkpointer: Checkpointer, progress: Progress,
-                 check_complete: Callable[[], None]) -> None:
+                 check_complete: Callable[[], None], also: Sequence[Step] = ()) -> None:
+        """``also``: steps of other parts, run after these."""
         self.lease_timeout_s = lease_timeout_s
         self.registry = registry
         self.ledger = ledger
@@ -39,7 +40,7 @@ class Upkeep:
         self.steps: list[Step] = [
             self.watch_slaves, every(HEARTBEAT_INTERVAL_S, self.ping), self.mind_the_disk,
             self.serve_waiting, every(CHECKPOINT_INTERVAL_S, self.save_checkpoint),
-            self.show_progress, handout.digest.flush]
+            self.show_progress, handout.digest.flush, *also]
         self._last_tick = time.monotonic()
 
     def run(self) -> None:

@@ -20,7 +20,7 @@ TESTS = Path(__file__).resolve().parent
 JOBS = TESTS / "jobs"
 
 COMMANDS = {"tm-master": "master", "tm-slave": "slave", "tm-spawn": "spawn", "tm-run": "run",
-            "tm-keygen": "keygen"}
+            "tm-keygen": "keygen", "tm-ctl": "ctl"}
 
 T = TypeVar("T")
 

@@ -32,8 +32,12 @@ MESSAGES: list[p.Message] = [
     p.Stop(),
     p.Done(10, 2, None),
     p.Done(10, 2, "nonce"),
+    p.Control("ctl:host:1:ab", "nonce", "status"),
+    p.Control("ctl:host:1:ab", "nonce", "rate", 12.5),
+    p.Answer("nonce", True, "paused"),
+    p.Answer("nonce", False, "", {"state": "running", "slaves": [{"done": 3}]}),
 ]
-ALL_KINDS = p.SLAVE_KINDS | p.MASTER_KINDS
+ALL_KINDS = p.SLAVE_KINDS | p.MASTER_KINDS | p.CONTROL_KINDS
 
 
 @pytest.mark.parametrize("key", [None, KEY], ids=["unsigned", "signed"])
@@ -279,3 +283,27 @@ def test_a_surrogate_escaped_host_name_is_text() -> None:
     name = b"h\xffst:1:abc".decode("utf-8", "surrogateescape")
     frames = p.encode(p.Heartbeat(name, "n"), epoch=EPOCH, counter=1)
     assert p.decode(frames, key=None, kinds=ALL_KINDS).message == p.Heartbeat(name, "n")
+
+
+@pytest.mark.parametrize("body, why", [
+    (["ctl:h:1:a", "n", "explode", None], "unknown command"),
+    (["ctl:h:1:a", "n", "rate", -1], "positive number"),
+    (["ctl:h:1:a", "n", "rate", True], "positive number"),
+    (["ctl:h:1:a", "n", "rate", 1e300], "positive number"),
+    (["ctl:h:1:a", "n", "rate", "5"], "positive number"),
+    (["ctl:h:1:a", "n", "status"], "4 fields"),
+])
+def test_a_control_request_out_of_shape_is_a_protocol_error(body: Any, why: str) -> None:
+    frames = p.pack(p.CONTROL, body, epoch=EPOCH, counter=1, key=KEY)
+    with pytest.raises(p.ProtocolError, match=why):
+        p.decode(frames, key=KEY, kinds=p.SLAVE_KINDS)
+
+
+def test_a_non_finite_rate_never_decodes() -> None:
+    # JSON as Python writes it carries NaN and Infinity; neither is a rate.
+    for value in ("NaN", "Infinity"):
+        payload = f'["ctl:h:1:a","n","rate",{value}]'.encode()
+        frames = p.pack(p.CONTROL, None, epoch=EPOCH, counter=1)
+        frames[p.BODY_FRAME] = payload
+        with pytest.raises(p.ProtocolError, match="positive number"):
+            p.decode(frames, key=None, kinds=p.SLAVE_KINDS)
