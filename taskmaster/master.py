@@ -196,7 +196,7 @@ class Master:
 
     def _feed(self) -> None:
         self._room_freed()
-        ended = False
+        ended, first = False, True
         while not ended:
             for chunk in self.feeder.take():
                 self.ledger.feed(chunk.jobs, exhausted=chunk.ended and chunk.error is None,
@@ -204,6 +204,10 @@ class Master:
                 if chunk.error is not None:
                     self.stop(chunk.error)
                 ended = chunk.ended
+            if first:
+                # A resume point on disk before any job goes out: a stream that starts from
+                # "now" (a schedule) is resumed from its first job, never started afresh.
+                first = not self.checkpointer.save(self.ledger)
             # Also after the last chunk: the jobs that came with the end must go out too.
             self.handout.serve_waiting()
             self._room_freed()
