@@ -12,7 +12,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "sized"]
+__all__ = ["RunResult", "__version__", "run", "sized"]
 
 
 class sized:  # noqa: N801 - reads like the builtin wrappers it stands beside (reversed, zip)
@@ -31,3 +31,7 @@ class sized:  # noqa: N801 - reads like the builtin wrappers it stands beside (r
 
     def __length_hint__(self) -> int:
         return self.total
+
+
+# Last: api.py needs the names above. It imports no gevent or zmq until a run starts.
+from .api import RunResult, run  # noqa: E402

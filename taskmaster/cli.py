@@ -27,7 +27,6 @@ from .errors import (
     user_traceback,
 )
 from .green import switch_on
-from .limits import MaxFailures
 from .options import (
     GroupedOption,
     address_option,
@@ -39,20 +38,28 @@ from .options import (
     setup_logging,
     slave_options,
 )
-from .settings import MasterConfig, SlaveConfig, check_connectable, load_secret
+from .settings import (
+    MasterConfig,
+    SlaveConfig,
+    check_connectable,
+    master_config,
+    slave_config,
+)
+from .spawn import slave_argv
 from .target import Target, parse_kwargs
 
 log = logging.getLogger("taskmaster")
 
-MIB = 1024 * 1024
-def _security(opts: dict[str, Any], secret: bytes | None = None) -> dict[str, Any]:
-    """The security settings shared by every command, validated (``secret``: one of the
-    run's own, when there is neither a --secret-file nor $TASKMASTER_SECRET)."""
-    if opts["insecure"]:
-        log.warning("--insecure: messages are not authenticated; anyone who can reach the "
-                    "address can read jobs and forge results")
-    return {"secret": load_secret(opts["secret_file"]) or secret,
-            "insecure": opts["insecure"], "curve_dir": opts["curve_dir"]}
+def _master_config(target: str, pairs: tuple[str, ...], address: str, opts: dict[str, Any],
+                   no_progress: bool, secret: bytes | None = None) -> MasterConfig:
+    return master_config(Target.parse(target, "get_jobs"), parse_kwargs(pairs), address, opts,
+                         progress=not no_progress, secret=secret)
+
+
+def _slave_config(target: str, address: str, opts: dict[str, Any],
+                  no_progress: bool, secret: bytes | None = None) -> SlaveConfig:
+    return slave_config(Target.parse(target, "handle_job"), address, opts,
+                        progress=not no_progress, secret=secret)
 
 
 def _load(spec: str, default_func: str) -> Callable[..., Any]:
@@ -64,58 +71,6 @@ def _load(spec: str, default_func: str) -> Callable[..., Any]:
     except Exception as e:  # noqa: BLE001 - the user's module itself failed to import
         raise BrokenTargetError(f"importing target {spec!r} raised {type(e).__name__}: {e}",
                                 user_traceback(e)) from None
-
-
-def _master_config(target: str, pairs: tuple[str, ...], address: str, opts: dict[str, Any],
-                   no_progress: bool, secret: bytes | None = None) -> MasterConfig:
-    return MasterConfig(
-        target=Target.parse(target, "get_jobs"), kwargs=parse_kwargs(pairs), address=address,
-        size=opts["size"], state_path=opts["state_file"], failures_path=opts["failures_file"],
-        reset=opts["reset"], lease_timeout_s=opts["lease_timeout"],
-        max_retries=opts["max_retries"], max_deaths=opts["max_deaths"],
-        stop_wait_s=opts["stop_wait"], retry_failures=opts["retry_failures"],
-        max_message_bytes=opts["max_message_mb"] * MIB,
-        max_buffer_bytes=opts["max_buffer_mb"] * MIB, linger_s=opts["linger"],
-        rate=opts["rate"], max_failures=(MaxFailures.parse(opts["max_failures"])
-                                         if opts["max_failures"] is not None else None),
-        progress=not no_progress, own_secret=secret is not None,
-        secret_file=opts["secret_file"], **_security(opts, secret))
-
-
-def _slave_config(target: str, address: str, opts: dict[str, Any],
-                  no_progress: bool, secret: bytes | None = None) -> SlaveConfig:
-    return SlaveConfig(
-        target=Target.parse(target, "handle_job"), address=address,
-        concurrency=opts["concurrency"], master_timeout_s=opts["master_timeout"],
-        job_timeout_s=opts["job_timeout"], max_message_bytes=opts["max_message_mb"] * MIB,
-        max_jobs=opts["max_jobs"], max_memory_mb=opts["max_memory"],
-        progress=not no_progress, report_failures=not opts["quiet_failures"],
-        **_security(opts, secret))
-
-
-def _slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str,
-                quiet_failures: bool = False) -> list[str]:
-    from .spawn import slave_command
-
-    argv = ["--address", address, "--concurrency", str(opts["concurrency"]),
-            "--master-timeout", str(opts["master_timeout"]), "--log-level", log_level,
-            "--max-message-mb", str(opts["max_message_mb"]), "--no-progress"]
-    if quiet_failures:  # tm-run's: its master, on the same terminal, says them
-        argv.append("--quiet-failures")
-    for flag, key in (("--job-timeout", "job_timeout"), ("--max-jobs-per-slave", "max_jobs"),
-                      ("--max-memory", "max_memory")):
-        if opts[key] is not None:
-            argv += [flag, str(opts[key])]
-    if opts["no_monkey_patch"]:
-        argv.append("--no-monkey-patch")
-    # The secret itself never goes on a command line: a file's path, or the environment.
-    if opts["secret_file"] is not None:
-        argv += ["--secret-file", str(opts["secret_file"])]
-    if opts["insecure"]:
-        argv.append("--insecure")
-    if opts["curve_dir"] is not None:
-        argv += ["--curve", str(opts["curve_dir"])]
-    return slave_command(target, argv)
 
 
 @command("tm-master")
@@ -194,7 +149,7 @@ def spawn(target: str, n: int, address: str, log_level: str, no_progress: bool,
         # Each death is told to the master at once, not after its silence.
         notifier = Notifier(cfg.address, cfg.secret, cfg.curve_dir)
         try:
-            return Supervisor(_slave_argv(target, address, opts, log_level), n,
+            return Supervisor(slave_argv(target, address, opts, log_level), n,
                               on_exit=notifier.gone).wait()
         finally:
             notifier.close()
@@ -261,7 +216,7 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
                 dataclasses.replace(slave_cfg, tag=tag, supervised=True, report_failures=False),
                 handle_job))
             return run_here(cfg, get_jobs, n, env=env, fork=fork, cleanup=cleanup,
-                            slave_argv=lambda bound: _slave_argv(script, bound, opts, log_level,
+                            slave_argv=lambda bound: slave_argv(script, bound, opts, log_level,
                                                                  quiet_failures=True))
         finally:
             cleanup()

@@ -37,11 +37,13 @@ log = logging.getLogger(__name__)
 
 def run_here(cfg: MasterConfig, get_jobs: Callable[..., object], n: int, *,
              slave_argv: Callable[[str], list[str]], env: dict[str, str],
-             fork: Callable[[str], int] | None, cleanup: Callable[[], None]) -> Outcome:
+             fork: Callable[[str], int] | None, cleanup: Callable[[], None],
+             leave: Callable[[int], None] | None = None) -> Outcome:
     """Serve the run with ``n`` slaves started as ``slave_argv(address)`` (or, for the first
     ones, as forks running ``fork(tag)`` when given and the address is known in advance).
     ``cleanup`` undoes what the caller made for the run (its private directory), also when
-    a second signal makes tm-run leave at once."""
+    a second signal makes tm-run leave at once; ``leave(signum)`` is how it leaves then (by
+    default the process ends)."""
     supervisors: list[Supervisor] = []
 
     def leave_now(signum: int) -> None:
@@ -50,7 +52,10 @@ def run_here(cfg: MasterConfig, get_jobs: Callable[..., object], n: int, *,
         for sup in supervisors:
             sup.kill()
         cleanup()
-        end_process(exit_code_for_signal(signum), supervised=True)
+        if leave is not None:
+            leave(signum)
+        else:
+            end_process(exit_code_for_signal(signum), supervised=True)
 
     def gone(name: str, status: int) -> None:
         master.slave_gone(name, status)

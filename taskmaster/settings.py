@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .config import (
@@ -33,6 +35,8 @@ from .errors import ConfigError
 from .limits import MaxFailures
 from .messages import MOST_RATE
 from .target import Target, default_state_path, failures_path_for
+
+log = logging.getLogger("taskmaster")
 
 
 def is_loopback_address(address: str) -> bool:
@@ -131,7 +135,8 @@ class MasterConfig:
     """Everything `tm-master` needs, validated."""
 
     target: Target
-    kwargs: dict[str, str] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """For get_jobs: strings from KEY=VALUE words, or plain values given to `taskmaster.run`."""
     address: str = DEFAULT_ADDRESS
     size: int = DEFAULT_BUFFER_SIZE
     state_path: Path = field(default=None)  # type: ignore[assignment] # set in __post_init__
@@ -245,3 +250,45 @@ class SlaveConfig:
                 self.max_memory_mb is not None and self.max_memory_mb < 1):
             raise ConfigError("--max-jobs-per-slave and --max-memory must be at least 1")
         check_megabytes("--max-message-mb", self.max_message_bytes)
+
+
+MIB = 1024 * 1024
+
+
+def master_config(target: Target, kwargs: dict[str, Any], address: str, opts: dict[str, Any],
+                  *, progress: bool, secret: bytes | None = None) -> MasterConfig:
+    """The master's configuration from a command's options (by their click names);
+    ``secret``: the run's own, when there is neither a --secret-file nor $TASKMASTER_SECRET."""
+    return MasterConfig(
+        target=target, kwargs=kwargs, address=address,
+        size=opts["size"], state_path=opts["state_file"], failures_path=opts["failures_file"],
+        reset=opts["reset"], lease_timeout_s=opts["lease_timeout"],
+        max_retries=opts["max_retries"], max_deaths=opts["max_deaths"],
+        stop_wait_s=opts["stop_wait"], retry_failures=opts["retry_failures"],
+        max_message_bytes=opts["max_message_mb"] * MIB,
+        max_buffer_bytes=opts["max_buffer_mb"] * MIB, linger_s=opts["linger"],
+        rate=opts["rate"], max_failures=(MaxFailures.parse(str(opts["max_failures"]))
+                                         if opts["max_failures"] is not None else None),
+        progress=progress, own_secret=secret is not None,
+        secret_file=opts["secret_file"], **_security(opts, secret))
+
+
+def slave_config(target: Target, address: str, opts: dict[str, Any], *, progress: bool,
+                 secret: bytes | None = None) -> SlaveConfig:
+    """A slave's configuration from a command's options (by their click names)."""
+    return SlaveConfig(
+        target=target, address=address,
+        concurrency=opts["concurrency"], master_timeout_s=opts["master_timeout"],
+        job_timeout_s=opts["job_timeout"], max_message_bytes=opts["max_message_mb"] * MIB,
+        max_jobs=opts["max_jobs"], max_memory_mb=opts["max_memory"],
+        progress=progress, report_failures=not opts["quiet_failures"],
+        **_security(opts, secret))
+
+
+def _security(opts: dict[str, Any], secret: bytes | None = None) -> dict[str, Any]:
+    """The security settings shared by every command, validated."""
+    if opts["insecure"]:
+        log.warning("--insecure: messages are not authenticated; anyone who can reach the "
+                    "address can read jobs and forge results")
+    return {"secret": load_secret(opts["secret_file"]) or secret,
+            "insecure": opts["insecure"], "curve_dir": opts["curve_dir"]}

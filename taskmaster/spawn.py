@@ -32,6 +32,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import gevent
 
@@ -73,6 +74,31 @@ def die_with_parent(parent_pid: int) -> None:
 def slave_command(target: str, options: Sequence[str]) -> list[str]:
     """The argv that starts one slave with this interpreter (no secret on it: that is env)."""
     return [sys.executable, "-m", "taskmaster", "slave", target, *options]
+
+
+def slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str,
+               quiet_failures: bool = False) -> list[str]:
+    """The argv of a slave of ``target`` with a command's slave options (by their click
+    names): what tm-spawn starts, and how tm-run restarts one."""
+    argv = ["--address", address, "--concurrency", str(opts["concurrency"]),
+            "--master-timeout", str(opts["master_timeout"]), "--log-level", log_level,
+            "--max-message-mb", str(opts["max_message_mb"]), "--no-progress"]
+    if quiet_failures:  # tm-run's: its master, on the same terminal, says them
+        argv.append("--quiet-failures")
+    for flag, key in (("--job-timeout", "job_timeout"), ("--max-jobs-per-slave", "max_jobs"),
+                      ("--max-memory", "max_memory")):
+        if opts[key] is not None:
+            argv += [flag, str(opts[key])]
+    if opts["no_monkey_patch"]:
+        argv.append("--no-monkey-patch")
+    # The secret itself never goes on a command line: a file's path, or the environment.
+    if opts["secret_file"] is not None:
+        argv += ["--secret-file", str(opts["secret_file"])]
+    if opts["insecure"]:
+        argv.append("--insecure")
+    if opts["curve_dir"] is not None:
+        argv += ["--curve", str(opts["curve_dir"])]
+    return slave_command(target, argv)
 
 
 def slave_name(pid: int, tag: str) -> str:

@@ -38,7 +38,7 @@ def takes_last(get_jobs: Callable[..., Any]) -> bool:
     return any(p.name == "last" or p.kind is p.VAR_KEYWORD for p in params)
 
 
-def opener(get_jobs: Callable[..., Any], kwargs: dict[str, str], *,
+def opener(get_jobs: Callable[..., Any], kwargs: dict[str, Any], *,
            last: Any = NO_JOB) -> Callable[[], Iterable[Any]]:
     """How to open the job stream: ``get_jobs(**kwargs)``, with ``last`` when resuming. Its
     arguments are checked now (bad KEY=VALUE names are a ConfigError); the call itself is

@@ -114,7 +114,7 @@ def parse_kwargs(pairs: Sequence[str]) -> dict[str, str]:
     return kwargs
 
 
-def default_state_path(target: Target, kwargs: dict[str, str]) -> Path:
+def default_state_path(target: Target, kwargs: dict[str, Any]) -> Path:
     """The state file for this run: in the current directory, named from target and kwargs."""
     # A file is named by its absolute path: ./jobs.py and jobs.py are the same run.
     location = str(Path(target.location).resolve()) if target.is_path else target.location
