@@ -40,7 +40,7 @@ class Wire:
         return self.connected
 
     def messages(self, key: bytes | None) -> list[tuple[bytes, p.Message]]:
-        return [(ident, p.decode(frames, key=key, kinds=p.MASTER_KINDS).message)
+        return [(ident, p.decode(frames, key=key, kinds=p.MASTER_KINDS | p.CONTROL_KINDS).message)
                 for ident, frames in self.sent]
 
 
