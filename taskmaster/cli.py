@@ -140,17 +140,34 @@ def spawn(target: str, n: int, address: str, log_level: str, no_progress: bool,
     setup_logging(log_level)
 
     def body() -> int:
-        # The target itself is loaded (and checked) by each slave.
         cfg = _slave_config(target, check_connectable(address), opts, no_progress)
         switch_on()
         from .spawn import Supervisor
         from .transport import Notifier
 
+        # The slaves are forks of this process, which imports the target once: a fork costs
+        # milliseconds where a fresh interpreter costs a third of a second (and a bad target is
+        # one line here, not N slaves dying). Restarts, and unpatched slaves, are fresh ones.
+        fork: Callable[[str], int] | None = None
+        if not opts["no_monkey_patch"]:
+            handle_job = _load(target, "handle_job")
+
+            def fork(tag: str) -> int:
+                _serve_as_slave(dataclasses.replace(cfg, tag=tag, supervised=True), handle_job)
+
+        notifier: Notifier | None = None
+
+        def gone(name: str, status: int) -> None:
+            if notifier is not None:
+                notifier.gone(name, status)
+
+        # Forked before any socket of ours exists here: a fork must not inherit one.
+        supervisor = Supervisor(slave_argv(target, address, opts, log_level), n, fork=fork,
+                                on_exit=gone)
         # Each death is told to the master at once, not after its silence.
         notifier = Notifier(cfg.address, cfg.secret, cfg.curve_dir)
         try:
-            return Supervisor(slave_argv(target, address, opts, log_level), n,
-                              on_exit=notifier.gone).wait()
+            return supervisor.wait()
         finally:
             notifier.close()
 
