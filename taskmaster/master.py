@@ -130,7 +130,7 @@ class Master:
         upkeep = Upkeep(lease_timeout_s=self.cfg.lease_timeout_s, registry=self.registry,
                         ledger=self.ledger, handout=self.handout,
                         checkpointer=self.checkpointer, progress=self.progress,
-                        check_complete=self._check_complete,
+                        check_complete=self.check_complete,
                         also=[every(CONTROL_SAMPLE_S, self.control.sample),
                               self.control.check_limits])
         for body in (self._feed, self._receive, upkeep.run):
@@ -179,13 +179,6 @@ class Master:
         while self._resources:
             self._resources.pop().close()
 
-    def slave_gone(self, name: str, status: int) -> None:
-        """A supervisor saw a slave's process end (with this status): no wait for silence."""
-        slave = self.registry.get(name.encode("utf-8", "surrogateescape"))
-        if slave is not None:
-            self.handout.gone(slave, status, None, time.monotonic())
-            self._check_complete()
-
     def stop(self, error: TaskmasterError) -> None:
         """End the run as failed, saving its state, for ``error`` (the run's first wins)."""
         if not self._end.is_set():
@@ -212,7 +205,7 @@ class Master:
             self.handout.serve_waiting()
             self._room_freed()
         log.debug("stream ended at job #%d", self.ledger.next_seq)
-        self._check_complete()
+        self.check_complete()
 
     def _room_freed(self) -> None:
         ledger = self.ledger
@@ -226,10 +219,11 @@ class Master:
             sender, frames = self.sock.recv()
             now = time.monotonic()
             self.exchange.handle(sender, frames, now)
-            self._check_complete()
+            self.check_complete()
             self.control.check_limits(now)
 
-    def _check_complete(self) -> None:
+    def check_complete(self) -> None:
+        """End the run once every job of it is settled."""
         if self.ledger.complete:
             self._end.set()
 

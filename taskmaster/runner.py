@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 
 import gevent
@@ -58,7 +59,11 @@ def run_here(cfg: MasterConfig, get_jobs: Callable[..., object], n: int, *,
             end_process(exit_code_for_signal(signum), supervised=True)
 
     def gone(name: str, status: int) -> None:
-        master.slave_gone(name, status)
+        # A slave's process ended (with this status): its master need not wait for silence.
+        slave = master.registry.get(name.encode("utf-8", "surrogateescape"))
+        if slave is not None:
+            master.handout.gone(slave, status, None, time.monotonic())
+            master.check_complete()
 
     master = Master(cfg, get_jobs, leave_now=leave_now)
     master.expected = f"starting {n} local slaves"
