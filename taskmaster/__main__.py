@@ -1,4 +1,5 @@
-"""``python -m taskmaster master|slave|spawn|run ...`` (how tm-spawn and tm-run start slaves)."""
+"""``python -m taskmaster master|slave|spawn|run|keygen|ctl ...`` (how tm-spawn and tm-run start
+slaves)."""
 
 from taskmaster.cli import main
 

@@ -1,5 +1,5 @@
-"""The commands but tm-ctl (ctl.py). Each one parses, validates into a config, builds, runs, maps
-to a status."""
+"""tm-master, tm-slave, tm-spawn, tm-run and tm-keygen (tm-ctl is ctl.py). Each one parses,
+validates into a config, builds, runs, maps to a status."""
 
 from __future__ import annotations
 
