@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -31,10 +30,9 @@ from .config import (
     DEFAULT_MAX_MESSAGE_MB,
     DEFAULT_MAX_RETRIES,
     DEFAULT_STOP_WAIT_S,
-    SECRET_ENV,
 )
 from .errors import ConfigError
-from .settings import master_config, slave_config
+from .settings import OwnRun, asks_for_a_port, master_config, slave_config
 from .target import Target
 
 OPTIONS: dict[str, Any] = {
@@ -56,6 +54,17 @@ OPTIONS: dict[str, Any] = {
 _CLICK_NAMES = {"max_jobs_per_slave": "max_jobs", "curve": "curve_dir"}
 """Options whose name inside the commands differs from the one on their command line."""
 _PATHS = ("state_file", "failures_file", "retry_failures", "secret_file", "curve")
+_TYPES: dict[str, tuple[type, ...]] = {
+    **{name: (int,) for name in ("size", "max_buffer_mb", "max_retries", "max_deaths",
+                                 "concurrency", "max_jobs_per_slave", "max_memory",
+                                 "max_message_mb")},
+    **{name: (int, float) for name in ("lease_timeout", "linger", "stop_wait", "rate",
+                                       "master_timeout", "job_timeout")},
+    **{name: (bool,) for name in ("reset", "no_monkey_patch", "insecure", "no_progress")},
+    **{name: (str, os.PathLike) for name in _PATHS},
+    "address": (str,), "max_failures": (str, int),
+}
+"""What each option may be given as (None is each one's "not set")."""
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -85,18 +94,24 @@ def run(get_jobs: Callable[..., Any], handle_job: Callable[[Any], Any], processe
     for name, func in (("get_jobs", get_jobs), ("handle_job", handle_job)):
         if not callable(func):
             raise ConfigError(f"{name} must be a function, got {func!r}")
-    # A run of our own gets a secret of its own and a private endpoint, as with tm-run.
-    secret = None
-    env = dict(os.environ)
-    if opts["secret_file"] is None and not env.get(SECRET_ENV):
-        env[SECRET_ENV] = secrets.token_hex(32)
-        secret = env[SECRET_ENV].encode()
-    address = opts["address"] or (f"ipc://@taskmaster-{secrets.token_hex(8)}"
-                                  if sys.platform.startswith("linux") else "tcp://127.0.0.1:0")
-    cfg = master_config(_target_of(get_jobs), _kwargs(kwargs), address, opts,
-                        progress=not opts["no_progress"], secret=secret)
-    slave_cfg = slave_config(_target_of(handle_job), cfg.address, opts, progress=False,
-                             secret=secret)
+    get_target, handle_target = _target_of(get_jobs), _target_of(handle_job)
+    if get_target.location == "__main__" and opts["state_file"] is None:
+        raise ConfigError("get_jobs is not defined in a file (a REPL, python -c), so the run "
+                          "has no name to find its state by: pass state_file=... for it")
+    if _restart_spec(handle_job) is None and any(
+            opts[name] is not None for name in ("max_jobs", "max_memory", "job_timeout")):
+        raise ConfigError("max_jobs_per_slave, max_memory and job_timeout replace slaves with "
+                          "fresh interpreters, which must import handle_job: define it at the "
+                          "top of a file or module")
+    if opts["address"] is not None and asks_for_a_port(opts["address"]):
+        raise ConfigError(f"address {opts['address']!r}: taskmaster.run forks its slaves "
+                          "before the master binds, so it needs the port itself (or no address)")
+    # A run of our own: a private endpoint, and a secret of its own, as with tm-run.
+    own = OwnRun.make(opts["address"], opts["secret_file"])
+    cfg = master_config(get_target, _kwargs(kwargs), own.address, opts,
+                        progress=not opts["no_progress"], secret=own.secret)
+    slave_cfg = slave_config(handle_target, cfg.address, opts, progress=False,
+                             secret=own.secret)
     from .green import switch_on
 
     # Late (the caller has imported what it imports), but before any greenlet of ours: the
@@ -116,13 +131,19 @@ def run(get_jobs: Callable[..., Any], handle_job: Callable[[Any], Any], processe
         main.throw(KeyboardInterrupt)
 
     def restart_argv(bound: str) -> list[str]:
-        return slave_argv(_restart_spec(handle_job), bound, opts, "WARNING",
-                          quiet_failures=True)
+        spec = _restart_spec(handle_job)
+        if spec is None:  # a fresh interpreter could not find it: it says so, and ends
+            return [sys.executable, "-c", "import sys; sys.exit('taskmaster: a slave that died "
+                    "is not replaced: handle_job is not at the top of a file or module')"]
+        return slave_argv(spec, bound, opts, "WARNING", quiet_failures=True)
 
     main = gevent.getcurrent()
     started = time.monotonic()
-    outcome = run_here(cfg, get_jobs, processes, env=env, fork=fork, cleanup=lambda: None,
-                       leave=leave, slave_argv=restart_argv)
+    try:
+        outcome = run_here(cfg, get_jobs, processes, env=own.env, fork=fork,
+                           cleanup=own.cleanup, leave=leave, slave_argv=restart_argv)
+    finally:
+        own.cleanup()
     return RunResult(outcome.finished, outcome.failed, time.monotonic() - started,
                      outcome.exit_code, cfg.state_path, cfg.failures_path, outcome.complete)
 
@@ -133,6 +154,12 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"taskmaster.run() takes no option {unknown[0]!r}; its options are "
                           f"tm-run's, by the same names: {', '.join(sorted(OPTIONS))}")
+    for name, value in options.items():
+        kinds = _TYPES[name]
+        if value is not None and (not isinstance(value, kinds) or (
+                isinstance(value, bool) and bool not in kinds)):
+            raise ConfigError(f"{name}={value!r}: expected "
+                              f"{' or '.join(k.__name__ for k in kinds)}")
     given = {**OPTIONS, **options}
     for name in _PATHS:
         if given[name] is not None:
@@ -166,12 +193,11 @@ def _target_of(func: Callable[..., Any]) -> Target:
     return Target(f"{location}:{name}", location, name)
 
 
-def _restart_spec(handle_job: Callable[[Any], Any]) -> str:
+def _restart_spec(handle_job: Callable[[Any], Any]) -> str | None:
     """How a fresh interpreter finds handle_job, to restart a slave that died: by its module
-    or file. A function of a REPL session, or not at the top of its module, cannot be found;
-    the restart then says so and ends (the run goes on with the slaves it has)."""
+    or file; None for a function of a REPL session, or one not at the top of its module."""
     target = _target_of(handle_job)
     qualname = getattr(handle_job, "__qualname__", "")
     if target.location == "__main__" or qualname != target.func:
-        return "taskmaster: a slave cannot be restarted: handle_job is not at the top of a file"
+        return None
     return target.spec

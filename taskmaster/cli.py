@@ -6,17 +6,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import secrets
-import shutil
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from .config import SECRET_ENV, SLAVES_PER_CPU_WARNING
+from .config import SLAVES_PER_CPU_WARNING
 from .ctl import ctl
 from .errors import (
     EXIT_REPLACE,
@@ -40,6 +36,7 @@ from .options import (
 )
 from .settings import (
     MasterConfig,
+    OwnRun,
     SlaveConfig,
     check_connectable,
     master_config,
@@ -197,31 +194,11 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
             log.warning("%d slaves on %d CPUs: more processes than CPUs help only jobs that "
                         "wait, and greenlets wait more cheaply (--concurrency, now %d each)",
                         n, cpus, opts["concurrency"])
-        # A run of our own gets a secret of its own, so that other local users cannot join
-        # it: given to our slaves (forks get it in their config, others in their environment),
-        # never put in this process's own environment.
-        secret = None
-        env = dict(os.environ)
-        if opts["secret_file"] is None and not env.get(SECRET_ENV):
-            env[SECRET_ENV] = secrets.token_hex(32)
-            secret = env[SECRET_ENV].encode()
-        # Our own endpoint: it cannot collide with another run, and is known before binding,
-        # so the slaves start (and spend their start-up) while the master starts too. On
-        # Linux, a socket of the abstract namespace: no file, so nothing to leave behind,
-        # whatever ends us (the run's secret, not the file's permissions, keeps others out).
-        # Elsewhere, a socket file in a fresh private directory.
-        rundir = None
-        if address is None and not sys.platform.startswith("linux"):
-            rundir = tempfile.mkdtemp(prefix="tm-run-")
-        own = f"ipc://{rundir}/master" if rundir else f"ipc://@taskmaster-{secrets.token_hex(8)}"
-
-        def cleanup() -> None:
-            if rundir is not None:
-                shutil.rmtree(rundir, ignore_errors=True)
+        own = OwnRun.make(address, opts["secret_file"])
 
         try:
-            cfg = _master_config(script, pairs, address or own, opts, no_progress, secret)
-            slave_cfg = _slave_config(script, cfg.address, opts, True, secret)
+            cfg = _master_config(script, pairs, own.address, opts, no_progress, own.secret)
+            slave_cfg = _slave_config(script, cfg.address, opts, True, own.secret)
             switch_on()
             from .runner import run_here
 
@@ -232,11 +209,11 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
             fork = None if opts["no_monkey_patch"] else (lambda tag: _serve_as_slave(
                 dataclasses.replace(slave_cfg, tag=tag, supervised=True, report_failures=False),
                 handle_job))
-            return run_here(cfg, get_jobs, n, env=env, fork=fork, cleanup=cleanup,
+            return run_here(cfg, get_jobs, n, env=own.env, fork=fork, cleanup=own.cleanup,
                             slave_argv=lambda bound: slave_argv(script, bound, opts, log_level,
                                                                  quiet_failures=True))
         finally:
-            cleanup()
+            own.cleanup()
 
     execute("tm-run", body)
 

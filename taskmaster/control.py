@@ -3,8 +3,8 @@
 A request comes in on the master's own socket, authenticated like a slave's message (HMAC with
 the run's secret, Curve when on), and names its sender in its body: only that connection may
 speak for it, and its counter only grows, so a captured request cannot be replayed. A request
-that changes the run must carry the run's epoch, which the client learns from the answer to a
-first "hello": a request captured under an earlier master is not one for this master.
+that changes the run must carry the run's epoch and a one-time word, both from the answer to a
+"hello" just before: a captured request is one for no master, not even its own twice.
 
 `pause` stops new leases (slaves finish what they hold, keep beating, and wait); `resume`
 lifts that; `stop` is the graceful stop of SIGTERM; `rate N` sets the token bucket. `status`
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -36,7 +37,11 @@ from .state import ControlFile, safe_repr
 log = logging.getLogger("taskmaster.master")
 
 CHANGES = frozenset({"pause", "resume", "stop", "rate"})
-"""Requests that change the run: only under the run's epoch."""
+"""Requests that change the run: only under the run's epoch, with the word of a fresh hello."""
+CHALLENGE_S = 30.0
+"""How long the word a hello gives stays good."""
+MAX_CHALLENGES = 1000
+"""Words given and not used yet, at most (the oldest go first)."""
 
 
 class Control:
@@ -66,6 +71,7 @@ class Control:
         self._speed = Speed(self.started, 0)
         self._slave_speeds: dict[bytes, Speed] = {}
         self._settled = (0, 0)  # this session's (finished, failed), as the brake last saw
+        self._challenges: dict[str, tuple[str, float]] = {}  # client: (word, when given)
         self._file = ControlFile(cfg.state_path)
         self._file.write(address, secret=cfg.secret if cfg.own_secret else None,
                          secret_file=cfg.secret_file, curve_dir=cfg.curve_dir)
@@ -108,13 +114,14 @@ class Control:
         return Snapshot(done=finished + failed, failed=failed, total=self.total(),
                         buffered=ledger.buffered + ledger.requeued, leased=ledger.leased,
                         slaves=len(self.registry), dropped=self.exchange.dropped,
-                        paused=self._paused_by() or "")
+                        paused="paused by tm-ctl" if self.handout.paused else
+                        "a file cannot be written" if self.handout.checkpointer.blocked else "")
 
     def _paused_by(self) -> str | None:
         if self.handout.paused:
-            return "paused by tm-ctl"
+            return "tm-ctl"
         if self.handout.checkpointer.blocked:
-            return "a file cannot be written"
+            return "a file that cannot be written"
         return None
 
     # -- requests --------------------------------------------------------------------------
@@ -123,10 +130,20 @@ class Control:
         """Answer one request; False when it is not one to act on (to be dropped)."""
         if sender != msg.client.encode("utf-8", "surrogateescape"):
             return False
-        if msg.command in CHANGES and envelope.epoch != self.epoch:
-            return False
+        if msg.command in CHANGES:
+            expected = self._challenges.pop(msg.client, None)
+            if (envelope.epoch != self.epoch or expected is None or expected[0] != msg.nonce
+                    or now - expected[1] > CHALLENGE_S):
+                return False
         if msg.command == "hello":
-            answer = p.Answer(msg.nonce, True, f"taskmaster master {self.address}")
+            # A one-time word the change that follows must carry: a captured change is
+            # useless once done, whatever the replay counters remember.
+            challenge = secrets.token_hex(16)
+            self._challenges[msg.client] = (challenge, now)
+            while len(self._challenges) > MAX_CHALLENGES:
+                del self._challenges[next(iter(self._challenges))]
+            answer = p.Answer(msg.nonce, True, f"taskmaster master {self.address}",
+                              {"challenge": challenge})
         elif msg.command == "status":
             answer = p.Answer(msg.nonce, True, "", self.status(now))
         else:
@@ -138,8 +155,8 @@ class Control:
 
     def _change(self, command: str, value: float | None, now: float) -> tuple[bool, str]:
         handout = self.handout
-        if self.signals.requested is not None:
-            return False, "the run is stopping already"
+        if self.signals.requested is not None or handout.closed:
+            return False, "the run is stopping or complete: nothing to change"
         if command == "pause":
             if handout.paused:
                 return True, "already paused"

@@ -1,9 +1,9 @@
 """tm-ctl: see and steer a live run from another terminal or host.
 
 It speaks to the master on the master's own socket, as a slave would: signed with the run's
-secret (and through Curve when the run uses it). A first "hello" learns the master's epoch;
-the request itself goes under it, so it is only ever one for that master (see control.py). No
-gevent here: a plain socket and one request at a time.
+secret (and through Curve when the run uses it). A first "hello" learns the master's epoch and
+a one-time word; the request itself carries both, so it is good once, for that master only
+(see control.py). No gevent here: a plain socket and one request at a time.
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def ctl(action: str, value: str | None, address: str | None, state_file: Path | 
     def body() -> int:
         found: dict[str, Any] = {}
         if state_file is not None:
+            if address is not None:
+                raise click.UsageError("--state-file finds the master's address: give one of "
+                                       "--address and --state-file")
             found = ControlFile(state_file).read()
         where = found.get("address") or address or DEFAULT_ADDRESS
         check_address(where)
@@ -115,11 +118,13 @@ def _ask(address: str, key: bytes | None, curve_dir: Path | None, action: str,
     seal = p.Seal(key)
     deadline = time.monotonic() + timeout_s
     try:
-        epoch, _ = _request(line, seal, p.Control(name, uuid.uuid4().hex, "hello"), key,
-                            deadline, address, curve_dir)
+        epoch, hello = _request(line, seal, p.Control(name, uuid.uuid4().hex, "hello"), key,
+                                deadline, address, curve_dir)
         seal.epoch = epoch
-        _, answer = _request(line, seal, p.Control(name, uuid.uuid4().hex, action, rate), key,
-                             deadline, address, curve_dir)
+        word = (hello.status or {}).get("challenge")
+        _, answer = _request(line, seal, p.Control(
+            name, word if isinstance(word, str) else uuid.uuid4().hex, action, rate), key,
+            deadline, address, curve_dir)
     finally:
         line.close()
     return answer
@@ -139,7 +144,8 @@ def _request(line: ControlLine, seal: p.Seal, request: p.Control, key: bytes | N
         answer = envelope.message
         if isinstance(answer, p.Answer) and answer.nonce == request.nonce:
             return envelope.epoch, answer
-    same = "the same secret" + (" and Curve keys" if curve_dir is not None else "")
+    same = "the same secret" + (" and Curve keys" if curve_dir is not None
+                                else " (and --curve, if it uses Curve)")
     raise NoMasterError(f"no answer from a master at {address} within the timeout: is it "
                         f"running there, with {same}? (--timeout waits longer)")
 
@@ -154,7 +160,7 @@ def _status_text(s: dict[str, Any]) -> str:
         return f"{value:,.0f}/s" if isinstance(value, int | float) else "?"
 
     kwargs = ", ".join(f"{k}={v!r}" for k, v in (s.get("kwargs") or {}).items())
-    state = s.get("state", "?") + (f" ({s['paused_by']})" if s.get("paused_by") else "")
+    state = s.get("state", "?") + (f" by {s['paused_by']}" if s.get("paused_by") else "")
     total = s.get("total")
     eta = s.get("eta_s")
     limit = s.get("rate_limit")

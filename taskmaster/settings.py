@@ -10,6 +10,10 @@ import hashlib
 import ipaddress
 import logging
 import os
+import secrets
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,7 +201,9 @@ class MasterConfig:
     @property
     def identity(self) -> dict[str, object]:
         """What makes two runs the same run: a state file belongs to exactly one."""
-        return {"target": self.target.identity, "kwargs": dict(sorted(self.kwargs.items())),
+        # Values as the command line gives them: count=300 from Python is the word count=300.
+        kwargs = {k: str(v) for k, v in sorted(self.kwargs.items())}
+        return {"target": self.target.identity, "kwargs": kwargs,
                 "retry_failures": (str(self.retry_failures.resolve())
                                    if self.retry_failures is not None else None)}
 
@@ -292,3 +298,39 @@ def _security(opts: dict[str, Any], secret: bytes | None = None) -> dict[str, An
                     "address can read jobs and forge results")
     return {"secret": load_secret(opts["secret_file"]) or secret,
             "insecure": opts["insecure"], "curve_dir": opts["curve_dir"]}
+
+
+@dataclass
+class OwnRun:
+    """What tm-run (and `taskmaster.run`) make for a run of their own: an endpoint no other run
+    can collide with, known before binding so that the slaves can be forks started while the
+    master starts; and, unless the user gave one, a secret of the run's own, so that other
+    local users cannot join it: given to the slaves (forks get it in their config, others in
+    ``env``), never put in this process's own environment."""
+
+    address: str
+    secret: bytes | None
+    env: dict[str, str]
+    rundir: Path | None = None
+
+    @classmethod
+    def make(cls, address: str | None, secret_file: Path | None) -> OwnRun:
+        """``address``: the user's, if they gave one."""
+        env = dict(os.environ)
+        secret = None
+        if secret_file is None and not env.get(SECRET_ENV):
+            env[SECRET_ENV] = secrets.token_hex(32)
+            secret = env[SECRET_ENV].encode()
+        if address is not None:
+            return cls(address, secret, env)
+        # On Linux, a socket of the abstract namespace: no file, so nothing to leave behind
+        # whatever ends us (the run's secret, not a file's permissions, keeps others out).
+        # Elsewhere, a socket file in a fresh private directory.
+        if sys.platform.startswith("linux"):
+            return cls(f"ipc://@taskmaster-{secrets.token_hex(8)}", secret, env)
+        rundir = Path(tempfile.mkdtemp(prefix="tm-run-"))
+        return cls(f"ipc://{rundir}/master", secret, env, rundir)
+
+    def cleanup(self) -> None:
+        if self.rundir is not None:
+            shutil.rmtree(self.rundir, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,11 @@ class StopSignals:
     def open(self) -> StopSignals:
         """Start watching (the handlers are in place until `close`)."""
         if self._green:
+            # Noted first: gevent's watchers leave the signal at its OS default once cancelled
+            # (a Ctrl-C after `taskmaster.run` returned would kill the caller), so `close`
+            # puts Python's own handlers back.
+            if threading.current_thread() is threading.main_thread():
+                self._previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
             self._handlers = [gevent.signal_handler(s, self._handle, s) for s in STOP_SIGNALS]
         else:
             self._previous = {s: signal.signal(s, self._handle_raw) for s in STOP_SIGNALS}
@@ -65,7 +71,8 @@ class StopSignals:
             handler.cancel()
         self._handlers = []
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            if previous is not None:
+                signal.signal(signum, previous)
         self._previous = {}
 
     def _handle_raw(self, signum: int, frame: object) -> None:

@@ -271,7 +271,11 @@ class ControlFile:
                 "curve_dir": str(curve_dir.resolve()) if curve_dir else None}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # A file of ours, new, 0600: never one someone else made there beforehand (in a
+            # shared directory), nor one a symbolic link points to.
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f)
             os.replace(tmp, self.path)
@@ -294,6 +298,9 @@ class ControlFile:
         """What the running master wrote; NoMasterError when there is none, or it is not
         running (on this host) any more."""
         try:
+            if self.path.stat().st_uid not in (os.getuid(), 0):
+                raise NoMasterError(f"{self.path} is not yours: it cannot say where your "
+                                    "master is (use --address)")
             data = json.loads(self.path.read_text())
             address, pid, host = str(data["address"]), int(data["pid"]), str(data["host"])
         except FileNotFoundError:

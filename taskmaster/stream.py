@@ -9,14 +9,13 @@ import itertools
 import logging
 import operator
 import pickle
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from . import sized
 from .config import FEED_SKIP_STEP_JOBS
-from .errors import ConfigError, TaskmasterError, UserCodeError
+from .errors import ConfigError, TaskmasterError, UserCodeError, user_traceback
 from .records import count_failures, read_failures
 from .state import safe_repr
 
@@ -140,4 +139,5 @@ def same_job(job: Any, expect: Any) -> bool:
 
 
 def user_error(e: BaseException) -> UserCodeError:
-    return UserCodeError(f"get_jobs raised {type(e).__name__}: {e}", traceback.format_exc())
+    """The user's exception, with its traceback from their own first frame on."""
+    return UserCodeError(f"get_jobs raised {type(e).__name__}: {e}", user_traceback(e))

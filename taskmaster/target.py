@@ -118,7 +118,9 @@ def default_state_path(target: Target, kwargs: dict[str, Any]) -> Path:
     """The state file for this run: in the current directory, named from target and kwargs."""
     # A file is named by its absolute path: ./jobs.py and jobs.py are the same run.
     location = str(Path(target.location).resolve()) if target.is_path else target.location
-    identity = json.dumps([location, target.func, sorted(kwargs.items())])
+    # Values as the command line gives them (strings): `count=300` from Python names the same
+    # run as the word count=300.
+    identity = json.dumps([location, target.func, sorted((k, str(v)) for k, v in kwargs.items())])
     digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(target.location).stem if target.is_path
                   else target.location)

@@ -101,6 +101,14 @@ def test_functions_of_a_module_run_as_a_management_command_would(procs: Procs,
                  {j for j in range(1500) if j % 100})
 
 
+def nameless() -> object:
+    """A function no fresh interpreter could import (as one typed into a REPL)."""
+    def f(*args: object, **kwargs: object) -> None:
+        pass
+    f.__module__ = "__a_session_of_its_own__"
+    return f
+
+
 @pytest.mark.parametrize("call, words", [
     (lambda: taskmaster.run(print, print, 2, bogus=1), "takes no option 'bogus'"),
     (lambda: taskmaster.run(print, print, 0), "processes must be"),
@@ -110,6 +118,13 @@ def test_functions_of_a_module_run_as_a_management_command_would(procs: Procs,
     (lambda: taskmaster.run(print, print, 2, max_failures="lots"), "--max-failures must be"),
     (lambda: taskmaster.run(print, print, 2, rate=-1), "--rate must be"),
     (lambda: taskmaster.run("get_jobs", print, 2), "get_jobs must be a function"),
+    (lambda: taskmaster.run(print, print, 2, concurrency="ten"), "concurrency='ten': expected"),
+    (lambda: taskmaster.run(print, print, 2, size=2.5), "size=2.5: expected int"),
+    (lambda: taskmaster.run(print, print, 2, reset=1), "reset=1: expected bool"),
+    (lambda: taskmaster.run(print, print, 2, address="tcp://127.0.0.1:0"), "needs the port"),
+    (lambda: taskmaster.run(nameless(), print, 2), "pass state_file"),
+    (lambda: taskmaster.run(print, nameless(), 2, state_file="x", max_jobs_per_slave=5),
+     "define it at the top of a file or module"),
 ])
 def test_configuration_errors_raise_ours_before_anything_starts(call: object,
                                                                 words: str) -> None:

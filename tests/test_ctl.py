@@ -78,7 +78,7 @@ def test_status_pause_resume_and_stop_steer_tm_master_with_three_slaves(
     ran = len(run.jobs())
     time.sleep(5)
     s = status(procs, *where)
-    assert s["state"] == "paused" and s["paused_by"] == "paused by tm-ctl"
+    assert s["state"] == "paused" and s["paused_by"] == "tm-ctl"
     assert s["finished"] == held_still["finished"] and s["leased"] == 0
     assert len(run.jobs()) == ran, "jobs ran while paused"
     assert len(s["slaves"]) == 3  # type: ignore[arg-type]

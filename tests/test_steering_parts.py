@@ -42,10 +42,16 @@ class Steered(Parts):
                                stop=self.stopped.append)
 
     def ask(self, command: str, value: float | None = None, *, epoch: bytes | None = None,
-            client: bytes = CLIENT, sender: bytes = CLIENT) -> p.Answer | None:
-        """A request as tm-ctl sends it; the answer, if the master gave one."""
+            client: bytes = CLIENT, sender: bytes = CLIENT,
+            word: str | None = None) -> p.Answer | None:
+        """A request as tm-ctl sends it (a change after a hello, with the word it gave, unless
+        ``word`` is given); the answer, if the master gave one."""
+        if command in ("pause", "resume", "stop", "rate") and word is None:
+            hello = self.ask("hello", epoch=p.NO_EPOCH, client=client, sender=client)
+            assert hello is not None and hello.status is not None
+            word = hello.status["challenge"]
         mark = len(self.wire.sent)
-        request = p.Control(client.decode(), "nonce-" + command, command, value)
+        request = p.Control(client.decode(), word or "nonce-" + command, command, value)
         self.exchange.handle(sender, self.frames(sender, request, epoch=epoch),
                              time.monotonic())
         answers = [p.decode(frames, key=self.key, kinds=p.CONTROL_KINDS)
@@ -71,6 +77,23 @@ def test_a_change_under_another_epoch_or_from_another_connection_is_dropped(
     assert s.ask("pause", epoch=p.NO_EPOCH) is None  # captured under no (or another) master
     assert s.ask("pause", sender=b"ctl:other:2:ffff") is None  # speaks for another client
     assert not s.handout.paused and s.exchange.dropped == 2
+    s.control.close()
+
+
+def test_a_change_needs_the_word_of_a_fresh_hello_and_is_good_once(tmp_path: Path) -> None:
+    s = Steered(tmp_path)
+    assert s.ask("pause", word="made-up") is None  # no hello, no word
+    hello = s.ask("hello", epoch=p.NO_EPOCH)
+    assert hello is not None and hello.status is not None
+    word = hello.status["challenge"]
+    assert s.ask("stop", word="not-" + word) is None  # a wrong word uses the right one up
+    assert s.ask("pause", word=word) is None
+    hello = s.ask("hello", epoch=p.NO_EPOCH)
+    assert hello is not None and hello.status is not None
+    word = hello.status["challenge"]
+    assert s.ask("pause", word=word) is not None and s.handout.paused
+    assert s.ask("resume", word=word) is None  # the same word again: a replay
+    assert s.handout.paused and s.signals.requested is None
     s.control.close()
 
 
@@ -109,7 +132,7 @@ def test_stop_asks_for_the_graceful_stop_of_sigterm_once(tmp_path: Path) -> None
     assert s.signals.requested == signal.SIGTERM and s.signals.name == "tm-ctl stop"
     assert s.signals.arrived.is_set()
     later = s.ask("pause")
-    assert later is not None and not later.ok and "stopping already" in later.line
+    assert later is not None and not later.ok and "stopping or complete" in later.line
     s.control.close()
 
 
