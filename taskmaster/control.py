@@ -105,8 +105,9 @@ class Control:
         self._settled = (stats.finished, stats.failed)
         why = self.brake.why()
         if why:
-            self._stop(FailureLimitError(f"stopping: {why}; fix the cause and start the same "
-                                         "command again: it resumes where it stopped"))
+            self._stop(FailureLimitError(
+                f"stopping: {why}; the jobs in flight finish (and are recorded) first; fix "
+                "the cause and start the same command again: it resumes where it stopped"))
 
     def snapshot(self) -> Snapshot:
         """The numbers the progress display shows."""

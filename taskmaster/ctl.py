@@ -21,7 +21,8 @@ import click
 from . import protocol as p
 from .config import CONTROL_TIMEOUT_S, DEFAULT_ADDRESS, SECRET_ENV
 from .curve import load_curve
-from .errors import NoMasterError
+from .errors import ConfigError, NoMasterError
+from .limits import check_rate
 from .messages import MOST_RATE
 from .options import GroupedOption, command, execute, setup_logging
 from .progress import clock
@@ -100,13 +101,10 @@ def _rate(action: str, value: str | None) -> float | None:
     if value.lower() == "off":
         return None
     try:
-        rate = float(value)
-    except ValueError:
-        rate = float("nan")
-    if not 0 < rate <= MOST_RATE:  # NaN fails this too
+        return check_rate(float(value), "rate")
+    except (ValueError, ConfigError):
         raise click.UsageError(f"rate must be a positive number of jobs per second (at most "
-                               f"{MOST_RATE:g}) or off, got {value!r}")
-    return rate
+                               f"{MOST_RATE:g}) or off, got {value!r}") from None
 
 
 def _ask(address: str, key: bytes | None, curve_dir: Path | None, action: str,

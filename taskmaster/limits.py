@@ -14,12 +14,20 @@ acknowledgement, so the window is kept as runs of (jobs, failed) rather than one
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
 from .config import FAILURE_MIN_JOBS, FAILURE_WINDOW_JOBS
 from .errors import ConfigError
+from .messages import MOST_RATE
+
+
+def check_rate(rate: float | None, what: str) -> float | None:
+    """``rate`` if it is one (None: no limit), else a ConfigError naming ``what`` it is."""
+    if rate is not None and not 0 < rate <= MOST_RATE:  # NaN fails this too
+        raise ConfigError(f"{what} must be a positive number of jobs per second (at most "
+                          f"{MOST_RATE:g}), got {rate:g}")
+    return rate
 
 
 class TokenBucket:
@@ -33,8 +41,7 @@ class TokenBucket:
 
     def set(self, rate: float | None, now: float) -> None:
         """A new rate (None: none), from now on."""
-        if rate is not None and not (rate > 0 and math.isfinite(rate)):
-            raise ConfigError(f"a rate must be a positive number of jobs per second, got {rate}")
+        check_rate(rate, "a rate")
         self._refill(now)
         self.rate = rate
         self._tokens = min(self._tokens, self._capacity())

@@ -36,8 +36,7 @@ from .config import (
     SECRET_ENV,
 )
 from .errors import ConfigError
-from .limits import MaxFailures
-from .messages import MOST_RATE
+from .limits import MaxFailures, check_rate
 from .target import Target, default_state_path, failures_path_for
 
 log = logging.getLogger("taskmaster")
@@ -169,9 +168,7 @@ class MasterConfig:
     def __post_init__(self) -> None:
         check_address(self.address)
         check_exposure(self.address, self.secret, self.insecure, "master")
-        if self.rate is not None and not 0 < self.rate <= MOST_RATE:
-            raise ConfigError(f"--rate must be a positive number of jobs per second (at most "
-                              f"{MOST_RATE:g}), got {self.rate:g}")
+        check_rate(self.rate, "--rate")
         if self.size < 1:
             raise ConfigError(f"--size must be at least 1, got {self.size}")
         if self.max_retries < 0 or self.max_deaths < 1 or self.stop_wait_s < 0:
