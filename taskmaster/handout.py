@@ -93,6 +93,9 @@ class Handout:
         # Under a rate limit, only the jobs the bucket holds; the slave waits for the rest
         # (the master's tick serves those waiting as the bucket fills).
         allowed = min(credit, self.bucket.available(now))
+        if self.bucket.rate is not None and allowed:
+            # Shared out: the first slave to ask would otherwise take every token each time.
+            allowed = max(1, min(allowed, allowed // max(1, self.registry.takers()) + 1))
         batches = deque(self.ledger.take(slave.ident, allowed, now, max_batch=lease.max_batch,
                                          alone=self.registry.takers() <= 1)) if allowed else deque()
         took = bool(batches)
