@@ -130,3 +130,16 @@ def test_configuration_errors_raise_ours_before_anything_starts(call: object,
                                                                 words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         call()  # type: ignore[operator]
+
+
+def test_the_options_are_tm_runs_by_the_same_names_and_defaults() -> None:
+    from taskmaster import api
+    from taskmaster.cli import run as tm_run
+
+    command_line = {name: api._CLICK_NAMES.get(name, name) for name in api.OPTIONS}
+    defaults = {param.name: param.default for param in tm_run.params}
+    for name, click_name in command_line.items():
+        assert click_name in defaults, f"{name}: not an option of tm-run"
+        assert api.OPTIONS[name] == defaults[click_name], name
+    left = set(defaults) - set(command_line.values())
+    assert left == {"script", "n", "pairs", "log_level", "quiet_failures", "version"}
