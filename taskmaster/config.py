@@ -71,6 +71,8 @@ WELCOME_REPEAT_S = 0.5
 """Least time between two WELCOMEs to one slave: knocks are not answered more often."""
 DISK_TROUBLE_LOG_INTERVAL_S = 60.0
 """While a file cannot be written, how often the master says so again."""
+LISTEN_BACKLOG = 4096
+"""Connections the master's socket queues before accepting them (the kernel may cap it)."""
 MAX_TRACKED_SENDERS = 100_000
 """Bound on the replay counters and pending welcomes kept per sender identity."""
 

@@ -63,6 +63,11 @@ class Session:
         already taken, or a replay)."""
         if welcome.nonce != self.nonce:
             return False
+        if self.joined and envelope.epoch == self.epoch and welcome.session == self.number:
+            # The same session offered again: our heartbeat (on its own socket) overtook our
+            # READY, and the master asked again. We are in it already; starting over would
+            # throw away the batches it has sent us since.
+            return False
         if self.joined:
             log.warning("master restarted or lost track of this slave; rejoining")
         self.nonce = uuid.uuid4().hex

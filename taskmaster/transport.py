@@ -19,7 +19,13 @@ import gevent.queue
 import zmq
 import zmq.green as gzmq
 
-from .config import MAX_MESSAGE_BYTES, MESSAGE_SLACK_BYTES, RECONNECT_FIRST_MS, RECONNECT_MAX_MS
+from .config import (
+    LISTEN_BACKLOG,
+    MAX_MESSAGE_BYTES,
+    MESSAGE_SLACK_BYTES,
+    RECONNECT_FIRST_MS,
+    RECONNECT_MAX_MS,
+)
 from .curve import Curve, load_curve
 from .errors import InternalError, TransportError
 from .protocol import HEARTBEAT_SUFFIX, Gone, Seal
@@ -58,6 +64,9 @@ class MasterSocket:
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_bytes + MESSAGE_SLACK_BYTES)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # Each slave connects twice (its heartbeat has a socket of its own): the default
+        # queue of 100 connections drops a storm of slaves joining at once into retries.
+        self._sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
         try:
             self._sock.bind(address)
         except zmq.ZMQError as e:

@@ -76,7 +76,8 @@ class Upkeep:
     def serve_waiting(self, now: float) -> None:
         # Retries come due with time, not with a message, and a disk makes room again: someone
         # has to look.
-        if self.registry.waiting and self.ledger.has_work() and not self.checkpointer.blocked:
+        if (self.registry.waiting and self.ledger.has_work() and not self.checkpointer.blocked
+                and not self.handout.paused):
             self.handout.serve_waiting()
 
     def save_checkpoint(self, now: float) -> None:

@@ -219,3 +219,17 @@ def test_recycling_reads_memory_at_most_every_half_second() -> None:
     assert recycling.why(0, False, 0.0)  # read at once (and over 1 MB, as any Python is)
     assert recycling.why(0, False, 0.3) == ""  # not read again so soon
     assert recycling.why(0, False, 0.6)
+
+
+def test_a_session_offered_again_while_its_ready_is_on_the_way_is_kept() -> None:
+    # The heartbeat thread's beat (with the new nonce) can reach the master before the READY:
+    # the master offers the same session again. Taking it would forget every batch since.
+    session = Session("host:1:abc", SECRET, 1 << 20)
+    seal = p.Seal(SECRET, p.new_epoch())
+    first = session.accept(seal(p.Welcome(7, session.nonce)))
+    assert first is not None and session.join(first, first.message)  # type: ignore[arg-type]
+    again = session.accept(seal(p.Welcome(7, session.nonce)))
+    assert again is not None and not session.join(again, again.message)  # type: ignore[arg-type]
+    other = session.accept(seal(p.Welcome(8, session.nonce)))  # a new session: it lost us
+    assert other is not None and session.join(other, other.message)  # type: ignore[arg-type]
+    assert session.number == 8
