@@ -10,7 +10,7 @@ a subprocess with this interpreter, timed from start to exit; before each, the c
 to NULL and the table rewritten (``VACUUM FULL``), so that every run meets the same table.
 Repeats are interleaved; the table shows medians. Progress goes to stderr, the table to stdout.
 
-Not part of the test suite: with the defaults it takes about seventy minutes on two cores,
+Not part of the test suite: with the defaults it takes about an hour and a quarter on two cores,
 nearly all of it the per-row runs (``--rows 100000`` gives a first look in seven).
 """
 
