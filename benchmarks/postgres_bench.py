@@ -11,7 +11,7 @@ to NULL and the table rewritten (``VACUUM FULL``), so that every run meets the s
 Repeats are interleaved; the table shows medians. Progress goes to stderr, the table to stdout.
 
 Not part of the test suite: with the defaults it takes about an hour and a quarter on two cores,
-nearly all of it the per-row runs (``--rows 100000`` gives a first look in seven).
+nearly all of it the per-row runs (``--rows 100000`` gives a first look in two minutes).
 """
 
 from __future__ import annotations
