@@ -67,6 +67,8 @@ a wait may wait for. 20 looks a second cost the hub nothing measurable; 0.2 s le
 that started late (a loaded machine) hold its first jobs back that long."""
 DONE_LINGER_S = 2.0
 """After the run, how long the master waits for slaves to acknowledge DONE."""
+FAREWELL_POLL_S = 0.002
+"""How often, meanwhile, it looks whether they have: tm-run's end waits on it."""
 DROP_LOG_INTERVAL_S = 10.0
 """Least time between two log lines about dropped messages: a flood must not flood the log."""
 WELCOME_REPEAT_S = 0.5
@@ -116,6 +118,8 @@ JOIN_RETRY_S = 0.05
 """How often a slave knocks while no master has welcomed it, for the first `JOIN_FAST_S`
 (the heartbeat thread keeps knocking every second after that)."""
 JOIN_FAST_S = 5.0
+JOIN_FIRST_RETRY_S = 0.005
+"""The first knocks come sooner, doubling up to `JOIN_RETRY_S`: 5, 10, 20, 40 ms apart."""
 SLAVE_WAKE_S = 0.2
 """Longest the slave's loop sleeps without a message, so that it notices it should exit."""
 ACK_DELAY_S = 0.1
@@ -132,7 +136,7 @@ MEMORY_CHECK_S = 0.5
 """Between two looks at a slave's resident memory (for --max-memory)."""
 MASTER_WAIT_LOG_S = 10.0
 """Between two lines of a slave that waits for a master."""
-RECONNECT_FIRST_MS = 100
+RECONNECT_FIRST_MS = 10
 RECONNECT_MAX_MS = 4000
 """Reconnect quickly at first (a restarted master is back within a second), backing off to a
 few seconds so that a long outage does not mean a storm of connection attempts."""

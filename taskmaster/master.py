@@ -25,7 +25,7 @@ import gevent.event
 
 from . import protocol as p
 from .checkpointer import Checkpointer
-from .config import CONTROL_SAMPLE_S, DONE_LINGER_S, MAX_MESSAGE_BYTES
+from .config import CONTROL_SAMPLE_S, DONE_LINGER_S, FAREWELL_POLL_S, MAX_MESSAGE_BYTES
 from .control import Control
 from .curve import load_curve
 from .dispatch import buffer_room
@@ -171,7 +171,7 @@ class Master:
         deadline = began + max(linger_s, DONE_LINGER_S)
         while (len(self.registry) or not until() or time.monotonic() - began < linger_s) \
                 and time.monotonic() < deadline and self.signals.requested is None:
-            gevent.sleep(0.01)
+            gevent.sleep(FAREWELL_POLL_S)
 
     def close(self) -> None:
         """Let go of everything: greenlets, the stream's thread, the socket, the state file."""

@@ -7,6 +7,7 @@ become one line and their exit code; a user's own exception keeps its traceback 
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -224,6 +225,10 @@ def execute(name: str, body: Callable[[], int | Outcome]) -> NoReturn:
         # Ctrl-C before the run began to listen for it (while loading, say): nothing ran.
         click.echo(f"{name}: interrupted", err=True)
         code = EXIT_SIGINT
+    # The body has closed what it opened (the stream, the state file, the sockets), so the
+    # interpreter's last garbage collection at exit would only walk every object it holds:
+    # a tenth of a short run's time, for memory the process gives back as it ends anyway.
+    gc.freeze()
     sys.exit(code)
 
 

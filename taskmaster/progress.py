@@ -15,12 +15,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import progressbar
-import progressbar.widgets
+from typing import TYPE_CHECKING, Any
 
 from .config import PROGRESS_LOG_INTERVAL_S, RATE_WINDOW_S
+
+if TYPE_CHECKING:
+    import progressbar
 
 log = logging.getLogger("taskmaster.progress")
 
@@ -83,17 +83,6 @@ CLEAR_TO_END = "\x1b[K"
 a field dropped) leaves nothing of it behind."""
 
 
-class RunLine(progressbar.widgets.AutoWidthWidgetBase):
-    """The whole line, from the bar's variables ``head`` and ``rest`` (see `fit`), fitted to
-    the width it is given (progressbar2 gives a column less than the terminal's: a full row
-    would wrap on some terminals)."""
-
-    def __call__(self, progress: Any, data: Any, width: int = 0) -> str:
-        variables = data["variables"]
-        return fit(variables["head"], list(variables["rest"]), width,
-                   data.get("value") or 0, data.get("max_value")) + CLEAR_TO_END
-
-
 def fit(head: str, rest: list[str], width: int, value: float, total: Any) -> str:
     """``head``, then as many of ``rest`` (most useful first) as fit in ``width``, with a bar
     between them when there is room for one."""
@@ -133,11 +122,9 @@ class Progress:
         if self._tty:
             if self._bar is None:
                 # Made at the first update: the stream tells its length once it is open.
-                self._bar = progressbar.ProgressBar(
-                    max_value=s.total or progressbar.UnknownLength, widgets=[RunLine()],
-                    variables={"head": "", "rest": ()}, fd=sys.stderr, redirect_stderr=True)
+                self._bar = _bar(s.total)
                 self._bar.start()
-            elif s.total and self._bar.max_value is progressbar.UnknownLength:
+            elif s.total and self._bar.max_value is _unknown_length():
                 self._bar.max_value = s.total  # the stream told its length late
             head, rest = self._fields()
             self._bar.update(min(s.done, s.total) if s.total else s.done, force=True,
@@ -177,3 +164,31 @@ class Progress:
             bar.update(bar.value, force=True)
             width = bar.term_width
             bar.finish(end="\r" + " " * width + "\r")
+
+
+def _bar(total: int | None) -> progressbar.ProgressBar:
+    """A progressbar2 bar drawing one `fit` line on stderr. progressbar2 is imported here,
+    not with the module: only a terminal shows a bar, and the import is a noticeable part of
+    a command's start-up."""
+    import progressbar
+    import progressbar.widgets
+
+    class RunLine(progressbar.widgets.AutoWidthWidgetBase):
+        """The whole line, from the bar's variables ``head`` and ``rest`` (see `fit`), fitted
+        to the width it is given (progressbar2 gives a column less than the terminal's: a full
+        row would wrap on some terminals)."""
+
+        def __call__(self, progress: Any, data: Any, width: int = 0) -> str:
+            variables = data["variables"]
+            return fit(variables["head"], list(variables["rest"]), width,
+                       data.get("value") or 0, data.get("max_value")) + CLEAR_TO_END
+
+    return progressbar.ProgressBar(
+        max_value=total or progressbar.UnknownLength, widgets=[RunLine()],
+        variables={"head": "", "rest": ()}, fd=sys.stderr, redirect_stderr=True)
+
+
+def _unknown_length() -> Any:
+    import progressbar
+
+    return progressbar.UnknownLength

@@ -28,6 +28,7 @@ from .config import (
     ACK_DELAY_S,
     HEARTBEAT_INTERVAL_S,
     JOIN_FAST_S,
+    JOIN_FIRST_RETRY_S,
     JOIN_RETRY_S,
     MASTER_WAIT_LOG_S,
     PROGRESS_LOG_INTERVAL_S,
@@ -109,8 +110,13 @@ class Slave:
         last_log, last_done = time.monotonic(), 0
         waiting_said = time.monotonic()
         self._send(self.session.knock())  # at once: a master may be up
+        knocks = 1
         while self._exit is None:
-            frames = self.sock.recv(SLAVE_WAKE_S if self.session.joined else JOIN_RETRY_S)
+            # Knocks come quickly at first (a master starting beside us is up within a few
+            # milliseconds, and a knock before our connection is made is not sent at all), then
+            # every JOIN_RETRY_S, so that a storm of slaves does not flood a master.
+            knock_s = min(JOIN_RETRY_S, JOIN_FIRST_RETRY_S * 2 ** min(knocks - 1, 16))
+            frames = self.sock.recv(SLAVE_WAKE_S if self.session.joined else knock_s)
             now = time.monotonic()
             if frames is not None:
                 self._last_heard = now
@@ -118,6 +124,7 @@ class Slave:
             elif not self.session.joined and now - self._last_heard < JOIN_FAST_S:
                 # Knock until a master answers; it replies WELCOME to an unknown slave.
                 self._send(self.session.knock())
+                knocks += 1
             if self.signals.requested is not None and not self._stopping:
                 self._stop()
             due = self.holdings.report_due
