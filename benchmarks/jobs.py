@@ -8,7 +8,8 @@ friends), so that no callback pays for dispatching on the kind of job.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from taskmaster import sized
 
@@ -52,5 +53,7 @@ def sleep(job: object) -> None:
     time.sleep(SLEEP_JOB_S)
 
 
-STREAMS = {"noop": numbers, "cpu": numbers, "sleep": numbers, "kb": kilobytes}
-CALLBACKS = {"noop": noop, "cpu": cpu, "sleep": sleep, "kb": noop}
+STREAMS: dict[str, Callable[[Any, str | int], sized]] = {
+    "noop": numbers, "cpu": numbers, "sleep": numbers, "kb": kilobytes}
+CALLBACKS: dict[str, Callable[[object], None]] = {
+    "noop": noop, "cpu": cpu, "sleep": sleep, "kb": noop}

@@ -942,7 +942,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _summary(got: RunResult) -> str:
+def summary(got: RunResult) -> str:
     """One run in a line, for the progress on stderr."""
     gens = "/".join(f"{g:.0f}" for g in got.generator_percent)
     parts = [
@@ -970,7 +970,7 @@ def main(argv: list[str] | None = None) -> int:
         for slaves in args.slaves:
             got = run_once(slaves, args)
             results[slaves].append(got)
-            print(f"# run {r}/{args.repeat}: {slaves:5} slaves: " + _summary(got),
+            print(f"# run {r}/{args.repeat}: {slaves:5} slaves: " + summary(got),
                   file=sys.stderr, flush=True)
     problems = report(results, args) if args.repeat else []
     if args.profile is not None:

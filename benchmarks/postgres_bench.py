@@ -17,6 +17,7 @@ nearly all of it the per-row runs (``--rows 100000`` gives a first look in two m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -90,7 +92,7 @@ def pending(dsn: str) -> int:
     return int(row[0]) if row else -1
 
 
-def measure(row: Row, dsn: str) -> None:
+def measure(row: Row, dsn: str, timeout_s: float = TIMEOUT_S) -> None:
     reset(dsn)
     # A fresh directory: tm-run keeps its state file in the current one, and a leftover state
     # would make the next run resume (and find nothing to do) instead of starting.
@@ -98,9 +100,9 @@ def measure(row: Row, dsn: str) -> None:
         start = time.perf_counter()
         try:
             done = subprocess.run(row.argv, cwd=cwd, capture_output=True, text=True,
-                                  timeout=TIMEOUT_S)
+                                  timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            row.problems.append(f"timed out after {TIMEOUT_S:.0f}s")
+            row.problems.append(f"timed out after {timeout_s:.0f}s")
             return
         wall = time.perf_counter() - start
     left = pending(dsn)
@@ -131,6 +133,46 @@ def table(rows: list[Row], n_rows: int) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def demo_database(n_rows: int) -> Iterator[str]:
+    """A server of our own with the demo table of ``n_rows`` rows: its DSN. The server is
+    stopped and its directory removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="tm-pg-bench-"))
+    server = pg_server.start(root, settings=DURABLE_SETTINGS)
+    try:
+        dsn = server.create_database("bench")
+        print(f"server pid {server.pid} in {root}; building {n_rows} rows", file=sys.stderr)
+        with example.connect(dsn) as con:
+            example.create_demo(con, n_rows)
+            # Each reset rewrites the table and leaves nothing for autovacuum to do; one that
+            # starts on its own in the middle of a run would decide that run's time.
+            con.execute("ALTER TABLE users SET (autovacuum_enabled = off)")
+        yield dsn
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def make_rows(dsn: str, modes: list[str], concurrencies: list[int]) -> list[Row]:
+    """Per mode, the plain loop and ``tm-run`` at each concurrency."""
+    rows: list[Row] = []
+    for mode in modes:
+        rows.append(Row(mode, "plain loop", [sys.executable, __file__, "--plain", mode, dsn]))
+        rows += [Row(mode, f"tm-run {SLAVES} --concurrency {c}",
+                     [sys.executable, "-m", "taskmaster", "run", str(SCRIPT), str(SLAVES),
+                      "--concurrency", str(c), "--no-progress", f"dsn={dsn}", f"mode={mode}"])
+                 for c in concurrencies]
+    return rows
+
+
+def summary(n_rows: int, modes: list[str], repeat: int, load_before: float) -> str:
+    """The line above the table: what was run, and how busy the machine was."""
+    page = {m: example.DEFAULT_PAGE[m] for m in modes}
+    return (f"{n_rows} rows; ids per job: {page}; {SLAVES} slaves; median of {repeat}; "
+            f"durable server settings; {os.cpu_count()} CPUs, load average {load_before:.1f} "
+            f"before, {os.getloadavg()[0]:.1f} after")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -145,37 +187,14 @@ def main() -> int:
 
     # What else ran on the machine meanwhile is part of the figures: the table says.
     load_before = os.getloadavg()[0]
-    root = Path(tempfile.mkdtemp(prefix="tm-pg-bench-"))
-    server = pg_server.start(root, settings=DURABLE_SETTINGS)
-    try:
-        dsn = server.create_database("bench")
-        print(f"server pid {server.pid} in {root}; building {args.rows} rows", file=sys.stderr)
-        with example.connect(dsn) as con:
-            example.create_demo(con, args.rows)
-            # Each reset rewrites the table and leaves nothing for autovacuum to do; one that
-            # starts on its own in the middle of a run would decide that run's time.
-            con.execute("ALTER TABLE users SET (autovacuum_enabled = off)")
-        rows: list[Row] = []
-        for mode in args.modes:
-            rows.append(Row(mode, "plain loop",
-                            [sys.executable, __file__, "--plain", mode, dsn]))
-            rows += [Row(mode, f"tm-run {SLAVES} --concurrency {c}",
-                         [sys.executable, "-m", "taskmaster", "run", str(SCRIPT), str(SLAVES),
-                          "--concurrency", str(c), "--no-progress", f"dsn={dsn}",
-                          f"mode={mode}"])
-                     for c in args.concurrency]
+    with demo_database(args.rows) as dsn:
+        rows = make_rows(dsn, args.modes, args.concurrency)
         for repeat in range(args.repeat):
             print(f"repeat {repeat + 1} of {args.repeat}", file=sys.stderr, flush=True)
             for row in rows:
                 if not row.problems:
                     measure(row, dsn)
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-    page = {m: example.DEFAULT_PAGE[m] for m in args.modes}
-    print(f"{args.rows} rows; ids per job: {page}; {SLAVES} slaves; median of {args.repeat}; "
-          f"durable server settings; {os.cpu_count()} CPUs, load average {load_before:.1f} "
-          f"before, {os.getloadavg()[0]:.1f} after")
+    print(summary(args.rows, args.modes, args.repeat, load_before))
     print(table(rows, args.rows))
     return 1 if any(r.problems for r in rows) else 0
 
