@@ -187,3 +187,20 @@ def test_a_run_killed_mid_way_is_resumed_by_the_same_command(procs: Procs, dsn: 
     assert second.proc.returncode == 0, second.output
     assert "resuming at job #" in second.output
     assert_all_migrated(dsn, range(1, ROWS + 1))
+
+
+def test_two_runs_over_halves_of_the_table_share_its_creation_and_do_every_row_once(
+        procs: Procs, dsn: str) -> None:
+    """What to do past one master: several, each over a share of the key space (``start`` and
+    ``stop``), each with a state file of its own. Started together, one creates the table
+    while the other waits for it; between them every row is migrated."""
+    half = ROWS // 2 + 1
+    runs = [procs.start("tm-run", *migrate_args(dsn, "page=100", *share))
+            for share in (("stop=" + str(half),), ("start=" + str(half),))]
+    for run in runs:
+        assert run.wait(60) == 0, run.output
+    assert "run complete: 100 finished, 0 failed" in runs[0].output, runs[0].output
+    assert "run complete: 100 finished, 0 failed" in runs[1].output, runs[1].output
+    states = {p.name for p in procs.cwd.glob("*.tmstate")}
+    assert len(states) == 2, states
+    assert_all_migrated(dsn, range(1, ROWS + 1))
