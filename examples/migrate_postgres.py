@@ -20,12 +20,11 @@ result (0 rows left to migrate, and a sample)::
 
 ``start=`` and ``stop=`` give a run a share of the ids (``start`` up to, not including,
 ``stop``): past what one master feeds, start a master (and its slaves) for each share. Each
-has a state file of its own, named by its arguments, and resumes on its own::
+has a state file of its own, named by its arguments, and resumes on its own (off loopback,
+with ``--secret-file`` on masters and slaves alike)::
 
-    tm-master examples/migrate_postgres.py dsn="host=db dbname=demo" stop=500000001 \
-        --address tcp://10.0.0.5:3050 --secret-file run.secret
-    tm-master examples/migrate_postgres.py dsn="host=db dbname=demo" start=500000001 \
-        --address tcp://10.0.0.5:3051 --secret-file run.secret
+    tm-master examples/migrate_postgres.py dsn=host=db stop=500000001 --address tcp://10.0.0.5:3050
+    tm-master examples/migrate_postgres.py dsn=host=db start=500000001 --address tcp://10.0.0.5:3051
 
 A job is ``(dsn, mode, first_id, last_id)``: one page of primary keys, and where and how to
 migrate it, since ``handle_job`` gets nothing but the job. The dsn so travels in every job and
