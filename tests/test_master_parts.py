@@ -303,6 +303,53 @@ def test_takers_are_members_with_a_window_that_are_not_leaving() -> None:
     assert r.takers() == 1
 
 
+def takers_by_walk(r: Registry) -> int:
+    return sum(1 for s in r.slaves.values() if not s.leaving and s.window)
+
+
+def test_the_count_of_takers_follows_every_change_of_window_leaving_and_membership(
+        tmp_path: Path) -> None:
+    """`takers` is kept as windows change, not counted when asked: through READY, ACK, BYE,
+    departure, loss and rejoining, it agrees with a walk of every member."""
+    parts = Parts(tmp_path, jobs=0, secret=SECRET)
+    r = parts.registry
+
+    def check() -> None:
+        assert r.takers() == takers_by_walk(r)
+
+    for n, ident in enumerate((SLAVE, OTHER, THIRD)):
+        join_at(parts, ident, 10 * n, T0)  # SLAVE asks for nothing
+        check()
+    assert r.takers() == 2
+    deliver(parts, SLAVE, ack(window=5), T0 + 1)
+    check()
+    deliver(parts, OTHER, ack(window=0), T0 + 1)
+    check()
+    assert r.takers() == 2
+    deliver(parts, THIRD, p.Bye(()), T0 + 2)  # holding nothing: forgotten at once
+    check()
+    assert r.get(THIRD) is None and r.takers() == 1
+    slave = r.get(SLAVE)
+    assert slave is not None
+    parts.handout.departed(slave, None, "disconnected", T0 + 3)
+    check()
+    assert r.takers() == 0
+    # A member forgotten while a caller still holds it: what is done to it later no longer
+    # counts; and its identity joining again is a new member.
+    join_at(parts, THIRD, 10, T0 + 4)
+    old = r.get(THIRD)
+    assert old is not None
+    parts.handout.lose(old, "silent")
+    old.window, old.leaving = 50, False
+    check()
+    join_at(parts, THIRD, 20, T0 + 5)
+    check()
+    assert r.takers() == 1
+    r.forget(THIRD)
+    check()
+    assert r.takers() == 0
+
+
 # -- dispatch: how much a slave gets, in what batches -----------------------------------------
 
 
