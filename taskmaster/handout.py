@@ -106,10 +106,12 @@ class Handout:
             if sent is None:
                 return
             credit -= sent
-        if credit > 0:
-            self.registry.waiting.add(slave.ident)
-        else:
+        if credit <= 0:
             self.registry.waiting.discard(slave.ident)
+        elif took:
+            self.registry.waiting.requeue(slave.ident)
+        else:
+            self.registry.waiting.add(slave.ident)
         if took:
             self.room_freed()
 
@@ -153,16 +155,20 @@ class Handout:
             slave.ident, batch.bid, p.JobError("JobTooLarge", message)))
 
     def serve_waiting(self) -> None:
-        """Offer work to the slaves that wait for it, while there is some."""
-        now = time.monotonic()
-        for ident in list(self.registry.waiting):
-            slave = self.registry.get(ident)
-            if slave is None:
-                self.registry.waiting.discard(ident)
-            elif self.ledger.has_work():
-                self.offer(slave, now)
-            else:
+        """Offer work to the slaves that wait for it, in their turn, while there is some."""
+        if self.closed or self.paused or self.checkpointer.blocked:
+            return  # nothing would go out: no need to go down the line
+        waiting, now = self.registry.waiting, time.monotonic()
+        # Each once at most: one that takes nothing (a retry not yet due, or not for it) goes
+        # to the back, and so does one served that still has room.
+        for _ in range(len(waiting)):
+            if not waiting or not self.ledger.has_work() or not self.bucket.available(now):
                 break
+            ident = waiting.first()
+            waiting.discard(ident)
+            slave = self.registry.get(ident)
+            if slave is not None:
+                self.offer(slave, now)
 
     def departed(self, slave: SlaveInfo, code: int | None, why: str, now: float) -> None:
         """``slave``'s process is gone (``code``: its exit status, if known). Nothing more

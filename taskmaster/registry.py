@@ -84,7 +84,7 @@ class Registry:
 
     def __init__(self) -> None:
         self.slaves: dict[bytes, SlaveInfo] = {}
-        self.waiting: set[bytes] = set()
+        self.waiting = Waiting()
         """Members with room left and nothing to give them: served first when work comes."""
         self._takers: set[bytes] = set()
         self._offers: dict[bytes, tuple[int, float]] = {}  # session offered, when
@@ -175,3 +175,37 @@ class Registry:
     def takers(self) -> int:
         """Members that would take work now (with a window, and not leaving)."""
         return len(self._takers)
+
+
+class Waiting:
+    """Members waiting for work, in the order they are to be served: the longest waiting
+    first, and one that was served goes to the back of the line. In any fixed order the
+    same few slaves would take every job that comes while the rest go without."""
+
+    def __init__(self) -> None:
+        self._line: dict[bytes, None] = {}  # a dict keeps its keys in the order they came
+
+    def add(self, ident: bytes) -> None:
+        """Wait in line (where it was, if it waits already)."""
+        self._line.setdefault(ident, None)
+
+    def requeue(self, ident: bytes) -> None:
+        """Wait again, at the back of the line: it has just been served."""
+        self._line.pop(ident, None)
+        self._line[ident] = None
+
+    def discard(self, ident: bytes) -> None:
+        self._line.pop(ident, None)
+
+    def first(self) -> bytes:
+        """The one to serve next (the line must not be empty)."""
+        return next(iter(self._line))
+
+    def __contains__(self, ident: object) -> bool:
+        return ident in self._line
+
+    def __len__(self) -> int:
+        return len(self._line)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(list(self._line))

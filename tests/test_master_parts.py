@@ -42,7 +42,7 @@ from taskmaster.ledger import Ledger
 from taskmaster.protocol import HEARTBEAT_SUFFIX
 from taskmaster.records import FailureLog
 from taskmaster.redelivery import Redelivery
-from taskmaster.registry import Registry
+from taskmaster.registry import Registry, Waiting
 from taskmaster.settings import MasterConfig
 from taskmaster.state import Checkpoint, StateFile, decode_job
 from taskmaster.target import Target
@@ -348,6 +348,47 @@ def test_the_count_of_takers_follows_every_change_of_window_leaving_and_membersh
     r.forget(THIRD)
     check()
     assert r.takers() == 0
+
+
+def test_the_waiting_line_serves_the_longest_waiting_first_and_the_served_go_to_the_back(
+        ) -> None:
+    w = Waiting()
+    for ident in (SLAVE, OTHER, THIRD):
+        w.add(ident)
+    w.add(SLAVE)  # waiting already: keeps its place
+    assert list(w) == [SLAVE, OTHER, THIRD] and w.first() == SLAVE and len(w) == 3
+    w.requeue(SLAVE)
+    assert list(w) == [OTHER, THIRD, SLAVE]
+    w.discard(THIRD)
+    w.discard(THIRD)
+    assert list(w) == [OTHER, SLAVE] and THIRD not in w and OTHER in w
+    w.requeue(THIRD)  # served while not in line: at the back
+    assert list(w) == [OTHER, SLAVE, THIRD]
+
+
+def test_work_that_comes_a_batch_at_a_time_goes_to_each_waiting_slave_in_turn(
+        tmp_path: Path, t0: float) -> None:
+    """The slaves that wait for work take turns: the first in line gets the first batch,
+    and goes to the back of the line while it still has room."""
+    parts = Parts(tmp_path, jobs=0, size=100)
+    idents = [f"slave:{n}:x".encode() for n in range(5)]
+    for ident in idents:
+        assert join_at(parts, ident, 100, t0) == []
+    served: list[bytes] = []
+    for round_ in range(3 * len(idents)):
+        mark = len(parts.wire.sent)
+        parts.ledger.feed(list(range(round_ * 10, round_ * 10 + 10)))
+        parts.handout.serve_waiting()
+        [(to, batch)] = parts.wire.messages(parts.key)[mark:]
+        assert isinstance(batch, p.Jobs) and len(batch.jobs) == 10
+        served.append(to)
+    assert served == idents * 3
+    assert list(parts.registry.waiting) == idents
+    # Served on its own ACK, ahead of its turn: to the back of the line all the same.
+    parts.ledger.feed(list(range(150, 160)))
+    [(to, _)] = deliver(parts, idents[0], ack(window=100), t0 + 1)
+    assert to == idents[0]
+    assert list(parts.registry.waiting) == [*idents[1:], idents[0]]
 
 
 # -- dispatch: how much a slave gets, in what batches -----------------------------------------
