@@ -33,6 +33,8 @@ class SlaveInfo:
     """Its registry's members that would take work now, which `window` and `leaving` keep."""
     _window: int = field(default=0, init=False, repr=False)
     _leaving: bool = field(default=False, init=False, repr=False)
+    last_sent: float = float("-inf")
+    """When the master last sent it a message (of any kind: each says the master lives)."""
     started: frozenset[int] | None = None
     """Batches the slave said it had started, in its last heartbeat, having received our
     messages up to the counter ``started_seen``."""

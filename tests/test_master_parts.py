@@ -28,6 +28,7 @@ from taskmaster.config import (
     BATCH_BYTES,
     FIRST_BATCH_JOBS,
     GONE_GRACE_S,
+    HEARTBEAT_INTERVAL_S,
     MAX_BATCH_JOBS,
     MAX_MESSAGE_BYTES,
     MAX_WINDOW_JOBS,
@@ -918,6 +919,35 @@ def test_a_member_is_alive_as_long_as_its_own_sockets_beat(tmp_path: Path) -> No
     assert slave.last_seen == T0 + 5, "another peer kept it alive"
     assert parts.exchange.dropped == 1
     assert parts.registry.silent(T0 + 40, 30) == [slave]
+
+
+def test_a_ping_goes_only_to_members_that_had_no_message_from_us_for_an_interval(
+        tmp_path: Path, t0: float) -> None:
+    """Any message says the master lives and moves what the slave has ``seen`` on: a slave
+    just sent jobs needs no PING, and one that hears nothing else gets one an interval on."""
+    parts = Parts(tmp_path, jobs=10, secret=SECRET)
+    [batch] = join_at(parts, SLAVE, 10, t0)  # every job, sent at t0
+    assert join_at(parts, OTHER, 10, t0) == []  # nothing left for it: it waits
+
+    def pinged(now: float) -> list[bytes]:
+        mark = len(parts.wire.sent)
+        parts.handout.ping(now)
+        answer = parts.wire.messages(parts.key)[mark:]
+        assert all(isinstance(m, p.Ping) for _, m in answer), answer
+        return [to for to, _ in answer]
+
+    assert pinged(t0 + 0.1) == [OTHER], "a member that never heard from us"
+    assert pinged(t0 + 0.5) == []
+    assert pinged(t0 + HEARTBEAT_INTERVAL_S) == [SLAVE], "its jobs are an interval old"
+    assert pinged(t0 + HEARTBEAT_INTERVAL_S + 0.15) == [OTHER]
+    assert pinged(t0 + HEARTBEAT_INTERVAL_S + 0.5) == []
+    knock(parts, THIRD, t0 + 3)  # a stranger that knocks is answered, never pinged
+    assert pinged(t0 + 3) == [SLAVE, OTHER]
+    # The batch never arrived (a dropped connection): the PING after it is what shows so.
+    assert batch.bid in parts.ledger.leases
+    deliver(parts, SLAVE + HEARTBEAT_SUFFIX,
+            heartbeat(SLAVE, set(), beat=True, seen=counter_of(parts)), t0 + 3.2)
+    assert batch.bid not in parts.ledger.leases and parts.ledger.stats.redispatched == 10
 
 
 def test_after_the_run_a_knock_is_answered_with_done_and_its_nonce(tmp_path: Path) -> None:
