@@ -70,6 +70,27 @@ def test_a_waiting_receive_wakes_for_what_arrived_while_the_socket_sent(
         assert peer.recv_multipart() == [b"ping"]
 
 
+def test_a_calm_receive_takes_what_is_there_at_once_and_else_lets_the_moment_pass(
+        pair: tuple[MasterSocket, zmq.Socket[bytes]]) -> None:
+    master, peer = pair
+    peer.send(b"there")
+    time.sleep(0.05)
+    began = time.monotonic()
+    with gevent.Timeout(5):
+        assert master.recv(calm_s=1.0) == (PEER, [b"there"])
+    assert time.monotonic() - began < 0.5, "a message already there waited"
+    gevent.spawn_later(0.05, peer.send, b"soon")
+    began = time.monotonic()
+    with gevent.Timeout(5):
+        assert master.recv(calm_s=0.3) == (PEER, [b"soon"])
+    assert time.monotonic() - began >= 0.3
+    began = time.monotonic()
+    gevent.spawn_later(0.05, peer.send, b"later")
+    with gevent.Timeout(5):  # nothing after the calm moment either: wait for it
+        assert master.recv(calm_s=0.01) == (PEER, [b"later"])
+    assert time.monotonic() - began < 0.5
+
+
 def test_a_closed_socket_refuses_to_send_and_receive() -> None:
     master = MasterSocket("tcp://127.0.0.1:0")
     master.close()
