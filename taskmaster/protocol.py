@@ -23,6 +23,7 @@ here: this module is pure, tested and fuzzed alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -140,21 +141,22 @@ def new_epoch() -> bytes:
 # -- framing --------------------------------------------------------------------------------
 
 
-_ONE_SHOT_MAC_BYTES = 64 * 1024
-"""Bodies up to this size are signed in one call (copied once beside kind and header)."""
 _JSON = json.JSONEncoder(separators=(",", ":"))
 _UNJSON = json.JSONDecoder()
 
 
+@functools.lru_cache(maxsize=4)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """An HMAC with the key taken in, for copies: keying one costs more than hashing the few
+    hundred bytes of most messages (a heartbeat a second from every slave). It is only ever
+    copied, never updated, so threads (a slave's heartbeat thread) may share it."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def _mac(key: bytes, kind: bytes, header: bytes, body: bytes) -> bytes:
+    m = _keyed(key).copy()
     # Length-prefix the kind so that no two (kind, header, body) splits sign the same bytes.
-    prefix = len(kind).to_bytes(2, "big") + kind
-    if len(body) <= _ONE_SHOT_MAC_BYTES:
-        # One call into OpenSSL: for the small messages that make most of the traffic (a
-        # heartbeat a second from every slave), building an HMAC object costs more than
-        # hashing. Large bodies are not copied for it.
-        return hmac.digest(key, b"".join((prefix, header, body)), "sha256")
-    m = hmac.new(key, prefix, hashlib.sha256)
+    m.update(len(kind).to_bytes(2, "big") + kind)
     m.update(header)
     m.update(body)
     return m.digest()
