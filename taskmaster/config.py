@@ -71,6 +71,12 @@ FAREWELL_POLL_S = 0.002
 """How often, meanwhile, it looks whether they have: tm-run's end waits on it."""
 DROP_LOG_INTERVAL_S = 10.0
 """Least time between two log lines about dropped messages: a flood must not flood the log."""
+BEAT_GATHER_S = 0.01
+"""After a heartbeat, when nothing else is waiting, how long the master lets pass before it
+takes the next message. A heartbeat asks for no answer, and a thousand slaves' heartbeats come
+one at a time: a wake of the master for each costs it more than the heartbeat itself, while
+what comes meanwhile (an acknowledgement, at most this late) is taken with one wake. Slaves
+hold `SLAVE_WORK_AHEAD_S` of work, so they never wait for it."""
 WELCOME_REPEAT_S = 0.5
 """Least time between two WELCOMEs to one slave: knocks are not answered more often."""
 DISK_TROUBLE_LOG_INTERVAL_S = 60.0

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from . import protocol as p
 from .checkpointer import Checkpointer
-from .config import DEFAULT_MAX_MESSAGE_BYTES
+from .config import DEFAULT_MAX_MESSAGE_BYTES, HEARTBEAT_INTERVAL_S
 from .digest import FailureDigest
 from .dispatch import JobSize, lease_for
 from .errors import (
@@ -69,11 +69,28 @@ class Handout:
         """At most so many jobs a second go out (--rate, tm-ctl rate)."""
 
     def send(self, ident: bytes, message: p.Message) -> bool:
-        return self._send(ident, self.seal(message))
+        sent = self._send(ident, self.seal(message))
+        if sent and (slave := self.registry.get(ident)) is not None:
+            slave.last_sent = time.monotonic()
+        return sent
 
     def broadcast(self, message: p.Message) -> None:
         for slave in self.registry:
             self.send(slave.ident, message)
+
+    def ping(self, now: float) -> None:
+        """PING the members that have had no message from us for `HEARTBEAT_INTERVAL_S`.
+
+        A slave takes any message as a sign of life (it gives up on a master silent for
+        --master-timeout), and the counter of the last one it received, which its heartbeat
+        reports as ``seen``, is what shows a batch lost on the way (`Ledger.reclaim`): any
+        message does both as well as a PING, so one sent within the interval makes the PING
+        redundant. Asked every tick, so no slave waits longer than the interval and a tick.
+        """
+        due = now - HEARTBEAT_INTERVAL_S
+        for slave in self.registry.slaves.values():
+            if slave.last_sent <= due and self._send(slave.ident, self.seal(p.Ping())):
+                slave.last_sent = now
 
     def offer(self, slave: SlaveInfo, now: float) -> None:
         """Lease ``slave`` what it may hold now, and send it."""
@@ -106,10 +123,12 @@ class Handout:
             if sent is None:
                 return
             credit -= sent
-        if credit > 0:
-            self.registry.waiting.add(slave.ident)
-        else:
+        if credit <= 0:
             self.registry.waiting.discard(slave.ident)
+        elif took:
+            self.registry.waiting.requeue(slave.ident)
+        else:
+            self.registry.waiting.add(slave.ident)
         if took:
             self.room_freed()
 
@@ -134,6 +153,7 @@ class Handout:
                 self._too_big(slave, batch, size, limit)
             return 0
         self.ledger.sent(slave.ident, batch.bid, self.seal.counter)
+        slave.last_sent = now
         if not self._send(slave.ident, frames):
             # Never sent, so never started: they go out again uncharged, before the slave's
             # other leases are charged with its death.
@@ -153,16 +173,20 @@ class Handout:
             slave.ident, batch.bid, p.JobError("JobTooLarge", message)))
 
     def serve_waiting(self) -> None:
-        """Offer work to the slaves that wait for it, while there is some."""
-        now = time.monotonic()
-        for ident in list(self.registry.waiting):
-            slave = self.registry.get(ident)
-            if slave is None:
-                self.registry.waiting.discard(ident)
-            elif self.ledger.has_work():
-                self.offer(slave, now)
-            else:
+        """Offer work to the slaves that wait for it, in their turn, while there is some."""
+        if self.closed or self.paused or self.checkpointer.blocked:
+            return  # nothing would go out: no need to go down the line
+        waiting, now = self.registry.waiting, time.monotonic()
+        # Each once at most: one that takes nothing (a retry not yet due, or not for it) goes
+        # to the back, and so does one served that still has room.
+        for _ in range(len(waiting)):
+            if not waiting or not self.ledger.has_work() or not self.bucket.available(now):
                 break
+            ident = waiting.first()
+            waiting.discard(ident)
+            slave = self.registry.get(ident)
+            if slave is not None:
+                self.offer(slave, now)
 
     def departed(self, slave: SlaveInfo, code: int | None, why: str, now: float) -> None:
         """``slave``'s process is gone (``code``: its exit status, if known). Nothing more

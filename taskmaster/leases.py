@@ -114,11 +114,16 @@ class LeaseTable:
     def __init__(self) -> None:
         self.by_bid: dict[int, Batch] = {}
         self.jobs = 0
-        self._held: dict[bytes, int] = {}  # jobs leased to each slave
+        # Each slave's batches (in the order leased) and their jobs: a heartbeat a second from
+        # each of a thousand slaves asks what it holds, and a walk of every lease for each
+        # would grow with slaves times leases.
+        self._of: dict[bytes, dict[int, Batch]] = {}
+        self._held: dict[bytes, int] = {}
         self._suspect_holders: set[bytes] = set()  # slaves holding a job that killed a slave
 
     def add(self, batch: Batch, bid: int, slave: bytes, now: float) -> None:
         batch.bid, batch.slave, batch.leased_at, batch.sent = bid, slave, now, 0
+        self._of.setdefault(slave, {})[bid] = batch
         self._held[slave] = self._held.get(slave, 0) + len(batch.jobs)
         if batch.isolate:
             # One suspect per slave: if that slave dies too, no other job was held hostage
@@ -130,14 +135,16 @@ class LeaseTable:
     def remove(self, batch: Batch) -> None:
         del self.by_bid[batch.bid]
         self.jobs -= len(batch.jobs)
-        if batch.slave is not None:
-            left = self._held[batch.slave] - len(batch.jobs)
-            if left:
-                self._held[batch.slave] = left
+        slave = batch.slave
+        if slave is not None:
+            mine = self._of[slave]
+            del mine[batch.bid]
+            if mine:
+                self._held[slave] -= len(batch.jobs)
             else:
-                del self._held[batch.slave]
+                del self._of[slave], self._held[slave]
             if batch.isolate:
-                self._suspect_holders.discard(batch.slave)
+                self._suspect_holders.discard(slave)
         batch.slave = None
 
     def get(self, bid: int, slave: bytes) -> Batch | None:
@@ -146,7 +153,9 @@ class LeaseTable:
         return batch if batch is not None and batch.slave == slave else None
 
     def of(self, slave: bytes) -> list[Batch]:
-        return [b for b in self.by_bid.values() if b.slave == slave]
+        """The batches leased to ``slave``, in the order they were leased."""
+        mine = self._of.get(slave)
+        return list(mine.values()) if mine else []
 
     def held_by(self, slave: bytes) -> int:
         return self._held.get(slave, 0)

@@ -25,7 +25,13 @@ import gevent.event
 
 from . import protocol as p
 from .checkpointer import Checkpointer
-from .config import CONTROL_SAMPLE_S, DONE_LINGER_S, FAREWELL_POLL_S, MAX_MESSAGE_BYTES
+from .config import (
+    BEAT_GATHER_S,
+    CONTROL_SAMPLE_S,
+    DONE_LINGER_S,
+    FAREWELL_POLL_S,
+    MAX_MESSAGE_BYTES,
+)
 from .control import Control
 from .curve import load_curve
 from .dispatch import buffer_room
@@ -215,12 +221,17 @@ class Master:
                                       max_bytes=self.cfg.max_buffer_bytes))
 
     def _receive(self) -> None:
+        calm_s = 0.0
         while True:
-            sender, frames = self.sock.recv()
+            sender, frames = self.sock.recv(calm_s)
             now = time.monotonic()
             self.exchange.handle(sender, frames, now)
             self.check_complete()
             self.control.check_limits(now)
+            # After a heartbeat (it wants no answer) what comes next may wait a moment, to be
+            # taken with the others that come meanwhile (see BEAT_GATHER_S). The kind frame is
+            # read unchecked: all it decides is how soon we look again.
+            calm_s = BEAT_GATHER_S if frames and frames[0] == p.HEARTBEAT else 0.0
 
     def check_complete(self) -> None:
         """End the run once every job of it is settled."""

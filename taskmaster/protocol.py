@@ -23,6 +23,7 @@ here: this module is pure, tested and fuzzed alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -140,9 +141,22 @@ def new_epoch() -> bytes:
 # -- framing --------------------------------------------------------------------------------
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))
+_UNJSON = json.JSONDecoder()
+
+
+@functools.lru_cache(maxsize=4)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """An HMAC with the key taken in, for copies: keying one costs more than hashing the few
+    hundred bytes of most messages (a heartbeat a second from every slave). It is only ever
+    copied, never updated, so threads (a slave's heartbeat thread) may share it."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def _mac(key: bytes, kind: bytes, header: bytes, body: bytes) -> bytes:
+    m = _keyed(key).copy()
     # Length-prefix the kind so that no two (kind, header, body) splits sign the same bytes.
-    m = hmac.new(key, len(kind).to_bytes(2, "big") + kind, hashlib.sha256)
+    m.update(len(kind).to_bytes(2, "big") + kind)
     m.update(header)
     m.update(body)
     return m.digest()
@@ -152,10 +166,9 @@ def pack(kind: bytes, body: Any, *, epoch: bytes, counter: int = 0,
          key: bytes | None = None) -> list[bytes]:
     """Frame a raw body (pickled for JOBS, JSON otherwise), signed when there is a key."""
     header = _HEADER.pack(epoch, counter)
-    if kind == JOBS:
-        payload = pickle.dumps(body, PICKLE_PROTOCOL)
-    else:
-        payload = json.dumps(body, separators=(",", ":")).encode()
+    # (One encoder for all: json.dumps with separators would build one for each message.)
+    payload = (pickle.dumps(body, PICKLE_PROTOCOL) if kind == JOBS
+               else _JSON.encode(body).encode())
     mac = _mac(key, kind, header, payload) if key else b""
     return [kind, header, payload, mac]
 
@@ -186,7 +199,9 @@ def unpack(frames: list[bytes], *, key: bytes | None = None,
         raise ProtocolError("signed message, but no shared secret is set here")
     epoch, counter = _HEADER.unpack(header)
     try:
-        body = pickle.loads(payload) if kind == JOBS else json.loads(payload)
+        # (As json.loads takes bytes, but with no guessing of UTF-16 or -32: ours are UTF-8.)
+        body = (pickle.loads(payload) if kind == JOBS
+                else _UNJSON.decode(payload.decode("utf-8", "surrogatepass")))
     except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the body is malformed
         raise ProtocolError(f"undecodable body: {type(e).__name__}") from None
     return kind, epoch, counter, body

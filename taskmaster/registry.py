@@ -26,12 +26,15 @@ class SlaveInfo:
     host: str = "?"
     pid: int = 0
     concurrency: int = 0
-    window: int = 0
-    """Jobs the slave asks to hold at once (it measures how many keep it busy)."""
     last_seen: float = field(default_factory=time.monotonic)
     max_bytes: int = 0
     """The largest message it takes."""
-    leaving: bool = False
+    takers: set[bytes] = field(default_factory=set, repr=False, compare=False)
+    """Its registry's members that would take work now, which `window` and `leaving` keep."""
+    _window: int = field(default=0, init=False, repr=False)
+    _leaving: bool = field(default=False, init=False, repr=False)
+    last_sent: float = float("-inf")
+    """When the master last sent it a message (of any kind: each says the master lives)."""
     started: frozenset[int] | None = None
     """Batches the slave said it had started, in its last heartbeat, having received our
     messages up to the counter ``started_seen``."""
@@ -50,14 +53,42 @@ class SlaveInfo:
     def name(self) -> str:
         return f"{self.host}:{self.pid}"
 
+    @property
+    def window(self) -> int:
+        """Jobs the slave asks to hold at once (it measures how many keep it busy)."""
+        return self._window
+
+    @window.setter
+    def window(self, jobs: int) -> None:
+        self._window = jobs
+        self._count()
+
+    @property
+    def leaving(self) -> bool:
+        return self._leaving
+
+    @leaving.setter
+    def leaving(self, leaving: bool) -> None:
+        self._leaving = leaving
+        self._count()
+
+    def _count(self) -> None:
+        # Kept as they change, not counted when asked: every offer asks, and a count would
+        # walk every member.
+        if self._window and not self._leaving:
+            self.takers.add(self.ident)
+        else:
+            self.takers.discard(self.ident)
+
 
 class Registry:
     """The member slaves, the sessions offered to newcomers, and every sender's counter."""
 
     def __init__(self) -> None:
         self.slaves: dict[bytes, SlaveInfo] = {}
-        self.waiting: set[bytes] = set()
+        self.waiting = Waiting()
         """Members with room left and nothing to give them: served first when work comes."""
+        self._takers: set[bytes] = set()
         self._offers: dict[bytes, tuple[int, float]] = {}  # session offered, when
         self._counters: dict[bytes, int] = {}  # last counter seen from each sender
         self._sessions = itertools.count(1)
@@ -113,12 +144,18 @@ class Registry:
 
     def join(self, ident: bytes, ready: Ready, now: float) -> SlaveInfo:
         """Make ``ident`` a member, as its READY describes it."""
+        self.forget(ident)
         slave = self.slaves[ident] = SlaveInfo(ident, ready.host, ready.pid, ready.concurrency,
-                                               last_seen=now, max_bytes=ready.max_bytes)
+                                               last_seen=now, max_bytes=ready.max_bytes,
+                                               takers=self._takers)
         return slave
 
     def forget(self, ident: bytes) -> None:
-        self.slaves.pop(ident, None)
+        slave = self.slaves.pop(ident, None)
+        if slave is not None:
+            # Whatever is still done to it (a caller holding it) no longer counts here.
+            slave.takers = set()
+        self._takers.discard(ident)
         self.waiting.discard(ident)
 
     def silent(self, now: float, timeout_s: float) -> list[SlaveInfo]:
@@ -138,5 +175,39 @@ class Registry:
             slave.last_seen = max(slave.last_seen, now)
 
     def takers(self) -> int:
-        """Members that would take work now."""
-        return sum(1 for s in self.slaves.values() if not s.leaving and s.window)
+        """Members that would take work now (with a window, and not leaving)."""
+        return len(self._takers)
+
+
+class Waiting:
+    """Members waiting for work, in the order they are to be served: the longest waiting
+    first, and one that was served goes to the back of the line. In any fixed order the
+    same few slaves would take every job that comes while the rest go without."""
+
+    def __init__(self) -> None:
+        self._line: dict[bytes, None] = {}  # a dict keeps its keys in the order they came
+
+    def add(self, ident: bytes) -> None:
+        """Wait in line (where it was, if it waits already)."""
+        self._line.setdefault(ident, None)
+
+    def requeue(self, ident: bytes) -> None:
+        """Wait again, at the back of the line: it has just been served."""
+        self._line.pop(ident, None)
+        self._line[ident] = None
+
+    def discard(self, ident: bytes) -> None:
+        self._line.pop(ident, None)
+
+    def first(self) -> bytes:
+        """The one to serve next (the line must not be empty)."""
+        return next(iter(self._line))
+
+    def __contains__(self, ident: object) -> bool:
+        return ident in self._line
+
+    def __len__(self) -> int:
+        return len(self._line)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(list(self._line))

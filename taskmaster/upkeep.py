@@ -12,9 +12,8 @@ from collections.abc import Callable, Sequence
 
 import gevent
 
-from . import protocol as p
 from .checkpointer import Checkpointer
-from .config import CHECKPOINT_INTERVAL_S, GONE_GRACE_S, HEARTBEAT_INTERVAL_S, MASTER_TICK_S
+from .config import CHECKPOINT_INTERVAL_S, GONE_GRACE_S, MASTER_TICK_S
 from .handout import Handout
 from .ledger import Ledger
 from .progress import Progress
@@ -38,7 +37,7 @@ class Upkeep:
         self.progress = progress
         self.check_complete = check_complete
         self.steps: list[Step] = [
-            self.watch_slaves, every(HEARTBEAT_INTERVAL_S, self.ping), self.mind_the_disk,
+            self.watch_slaves, handout.ping, self.mind_the_disk,
             self.serve_waiting, every(CHECKPOINT_INTERVAL_S, self.save_checkpoint),
             self.show_progress, handout.digest.flush, *also]
         self._last_tick = time.monotonic()
@@ -63,9 +62,6 @@ class Upkeep:
                               charge=not slave.said_bye)
         self.handout.settle_departed(now, GONE_GRACE_S)
         self.check_complete()
-
-    def ping(self, now: float) -> None:
-        self.handout.broadcast(p.Ping())
 
     def mind_the_disk(self, now: float) -> None:
         """Try again to write what a full or failing disk held up."""

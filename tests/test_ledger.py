@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taskmaster.ledger import AckMismatchError, Batch, Ledger, ResumePoint
 from taskmaster.protocol import JobError
@@ -253,6 +255,51 @@ def test_the_books_balance_through_every_kind_of_event() -> None:
     assert unsettled(ledger) + ledger.stats.finished + ledger.stats.failed == 50
     ledger.settle(settled)
     assert unsettled(ledger) + ledger.stats.finished + ledger.stats.failed == 50
+
+
+LEASE_EVENTS = ("take", "ack", "fail", "hand back", "split", "lose", "release", "reclaim",
+                "time out", "reject")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(LEASE_EVENTS), st.sampled_from([A, B, b"slave-c"]),
+                          st.integers(0, 40)), max_size=40))
+def test_what_each_slave_holds_is_indexed_as_the_leases_say(
+        events: list[tuple[str, bytes, int]]) -> None:
+    """The per-slave index of leases (what heartbeats and losses read) never goes stale:
+    after every kind of event, it names the batches a walk of every lease finds, in order."""
+    ledger = fed(300, size=300, max_retries=1, max_deaths=2)
+    for now, (event, slave, n) in enumerate(events, 1):
+        mine = [b for b in ledger.leases.values() if b.slave == slave]
+        batch = mine[n % len(mine)] if mine else None
+        if event == "take":
+            take(ledger, slave, n + 1, now, max_batch=7)
+        elif batch is None:
+            pass
+        elif event == "ack":
+            ledger.ack(slave, batch.bid, (), now)
+        elif event == "fail":
+            ledger.settle(ledger.ack(slave, batch.bid, ((0, ERR),), now))
+        elif event == "hand back":
+            ledger.hand_back(slave, [batch.bid])
+        elif event == "split":
+            ledger.split(slave, batch.bid)
+        elif event == "lose":
+            ledger.settle(ledger.lose(slave))
+        elif event == "release":
+            ledger.release(slave)
+        elif event == "reclaim":
+            ledger.sent(slave, batch.bid, now)
+            ledger.reclaim(slave, frozenset(), seen=now)
+        elif event == "time out":
+            ledger.settle(ledger.time_out(slave, batch.bid, 0, ERR, now))
+        else:
+            ledger.settle(ledger.reject(slave, batch.bid, ERR))
+        for s in (A, B, b"slave-c"):
+            walk = [b for b in ledger.leases.values() if b.slave == s]
+            assert [id(b) for b in ledger._leases.of(s)] == [id(b) for b in walk], event
+            assert ledger.held_by(s) == sum(len(b.jobs) for b in walk), event
+        assert unsettled(ledger) + ledger.stats.finished + ledger.stats.failed == 300
 
 
 # -- the redelivery policy on its own -----------------------------------------------------

@@ -28,6 +28,7 @@ from taskmaster.config import (
     BATCH_BYTES,
     FIRST_BATCH_JOBS,
     GONE_GRACE_S,
+    HEARTBEAT_INTERVAL_S,
     MAX_BATCH_JOBS,
     MAX_MESSAGE_BYTES,
     MAX_WINDOW_JOBS,
@@ -42,7 +43,7 @@ from taskmaster.ledger import Ledger
 from taskmaster.protocol import HEARTBEAT_SUFFIX
 from taskmaster.records import FailureLog
 from taskmaster.redelivery import Redelivery
-from taskmaster.registry import Registry
+from taskmaster.registry import Registry, Waiting
 from taskmaster.settings import MasterConfig
 from taskmaster.state import Checkpoint, StateFile, decode_job
 from taskmaster.target import Target
@@ -301,6 +302,94 @@ def test_takers_are_members_with_a_window_that_are_not_leaving() -> None:
     b.leaving = True
     c.window = 0
     assert r.takers() == 1
+
+
+def takers_by_walk(r: Registry) -> int:
+    return sum(1 for s in r.slaves.values() if not s.leaving and s.window)
+
+
+def test_the_count_of_takers_follows_every_change_of_window_leaving_and_membership(
+        tmp_path: Path) -> None:
+    """`takers` is kept as windows change, not counted when asked: through READY, ACK, BYE,
+    departure, loss and rejoining, it agrees with a walk of every member."""
+    parts = Parts(tmp_path, jobs=0, secret=SECRET)
+    r = parts.registry
+
+    def check() -> None:
+        assert r.takers() == takers_by_walk(r)
+
+    for n, ident in enumerate((SLAVE, OTHER, THIRD)):
+        join_at(parts, ident, 10 * n, T0)  # SLAVE asks for nothing
+        check()
+    assert r.takers() == 2
+    deliver(parts, SLAVE, ack(window=5), T0 + 1)
+    check()
+    deliver(parts, OTHER, ack(window=0), T0 + 1)
+    check()
+    assert r.takers() == 2
+    deliver(parts, THIRD, p.Bye(()), T0 + 2)  # holding nothing: forgotten at once
+    check()
+    assert r.get(THIRD) is None and r.takers() == 1
+    slave = r.get(SLAVE)
+    assert slave is not None
+    parts.handout.departed(slave, None, "disconnected", T0 + 3)
+    check()
+    assert r.takers() == 0
+    # A member forgotten while a caller still holds it: what is done to it later no longer
+    # counts; and its identity joining again is a new member.
+    join_at(parts, THIRD, 10, T0 + 4)
+    old = r.get(THIRD)
+    assert old is not None
+    parts.handout.lose(old, "silent")
+    old.window, old.leaving = 50, False
+    check()
+    join_at(parts, THIRD, 20, T0 + 5)
+    check()
+    assert r.takers() == 1
+    r.forget(THIRD)
+    check()
+    assert r.takers() == 0
+
+
+def test_the_waiting_line_serves_the_longest_waiting_first_and_the_served_go_to_the_back(
+        ) -> None:
+    w = Waiting()
+    for ident in (SLAVE, OTHER, THIRD):
+        w.add(ident)
+    w.add(SLAVE)  # waiting already: keeps its place
+    assert list(w) == [SLAVE, OTHER, THIRD] and w.first() == SLAVE and len(w) == 3
+    w.requeue(SLAVE)
+    assert list(w) == [OTHER, THIRD, SLAVE]
+    w.discard(THIRD)
+    w.discard(THIRD)
+    assert list(w) == [OTHER, SLAVE] and THIRD not in w and OTHER in w
+    w.requeue(THIRD)  # served while not in line: at the back
+    assert list(w) == [OTHER, SLAVE, THIRD]
+
+
+def test_work_that_comes_a_batch_at_a_time_goes_to_each_waiting_slave_in_turn(
+        tmp_path: Path, t0: float) -> None:
+    """The slaves that wait for work take turns: the first in line gets the first batch,
+    and goes to the back of the line while it still has room."""
+    parts = Parts(tmp_path, jobs=0, size=100)
+    idents = [f"slave:{n}:x".encode() for n in range(5)]
+    for ident in idents:
+        assert join_at(parts, ident, 100, t0) == []
+    served: list[bytes] = []
+    for round_ in range(3 * len(idents)):
+        mark = len(parts.wire.sent)
+        parts.ledger.feed(list(range(round_ * 10, round_ * 10 + 10)))
+        parts.handout.serve_waiting()
+        [(to, batch)] = parts.wire.messages(parts.key)[mark:]
+        assert isinstance(batch, p.Jobs) and len(batch.jobs) == 10
+        served.append(to)
+    assert served == idents * 3
+    assert list(parts.registry.waiting) == idents
+    # Served on its own ACK, ahead of its turn: to the back of the line all the same.
+    parts.ledger.feed(list(range(150, 160)))
+    [(to, _)] = deliver(parts, idents[0], ack(window=100), t0 + 1)
+    assert to == idents[0]
+    assert list(parts.registry.waiting) == [*idents[1:], idents[0]]
 
 
 # -- dispatch: how much a slave gets, in what batches -----------------------------------------
@@ -830,6 +919,35 @@ def test_a_member_is_alive_as_long_as_its_own_sockets_beat(tmp_path: Path) -> No
     assert slave.last_seen == T0 + 5, "another peer kept it alive"
     assert parts.exchange.dropped == 1
     assert parts.registry.silent(T0 + 40, 30) == [slave]
+
+
+def test_a_ping_goes_only_to_members_that_had_no_message_from_us_for_an_interval(
+        tmp_path: Path, t0: float) -> None:
+    """Any message says the master lives and moves what the slave has ``seen`` on: a slave
+    just sent jobs needs no PING, and one that hears nothing else gets one an interval on."""
+    parts = Parts(tmp_path, jobs=10, secret=SECRET)
+    [batch] = join_at(parts, SLAVE, 10, t0)  # every job, sent at t0
+    assert join_at(parts, OTHER, 10, t0) == []  # nothing left for it: it waits
+
+    def pinged(now: float) -> list[bytes]:
+        mark = len(parts.wire.sent)
+        parts.handout.ping(now)
+        answer = parts.wire.messages(parts.key)[mark:]
+        assert all(isinstance(m, p.Ping) for _, m in answer), answer
+        return [to for to, _ in answer]
+
+    assert pinged(t0 + 0.1) == [OTHER], "a member that never heard from us"
+    assert pinged(t0 + 0.5) == []
+    assert pinged(t0 + HEARTBEAT_INTERVAL_S) == [SLAVE], "its jobs are an interval old"
+    assert pinged(t0 + HEARTBEAT_INTERVAL_S + 0.15) == [OTHER]
+    assert pinged(t0 + HEARTBEAT_INTERVAL_S + 0.5) == []
+    knock(parts, THIRD, t0 + 3)  # a stranger that knocks is answered, never pinged
+    assert pinged(t0 + 3) == [SLAVE, OTHER]
+    # The batch never arrived (a dropped connection): the PING after it is what shows so.
+    assert batch.bid in parts.ledger.leases
+    deliver(parts, SLAVE + HEARTBEAT_SUFFIX,
+            heartbeat(SLAVE, set(), beat=True, seen=counter_of(parts)), t0 + 3.2)
+    assert batch.bid not in parts.ledger.leases and parts.ledger.stats.redispatched == 10
 
 
 def test_after_the_run_a_knock_is_answered_with_done_and_its_nonce(tmp_path: Path) -> None:
