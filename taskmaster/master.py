@@ -228,10 +228,12 @@ class Master:
             self.exchange.handle(sender, frames, now)
             self.check_complete()
             self.control.check_limits(now)
-            # After a heartbeat (it wants no answer) what comes next may wait a moment, to be
-            # taken with the others that come meanwhile (see BEAT_GATHER_S). The kind frame is
-            # read unchecked: all it decides is how soon we look again.
-            calm_s = BEAT_GATHER_S if frames and frames[0] == p.HEARTBEAT else 0.0
+            # After a beat from a slave's heartbeat socket (it wants no answer) what comes next
+            # may wait a moment, to be taken with the others that come meanwhile (see
+            # BEAT_GATHER_S). Not after a knock on a slave's own socket: its READY comes next,
+            # and the start of a run waits on it. The sender is read unchecked: all it decides
+            # is how soon we look again.
+            calm_s = BEAT_GATHER_S if sender.endswith(p.HEARTBEAT_SUFFIX) else 0.0
 
     def check_complete(self) -> None:
         """End the run once every job of it is settled."""
