@@ -18,6 +18,7 @@ instead of spoiling one; the tables show medians. See README.rst for how to read
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import os
 import platform
@@ -241,11 +242,14 @@ def pool(workload: str, kind: str, jobs: int, chunksize: int) -> Command:
     return Command(workload, f"Pool({SLAVES}) chunksize={chunksize}", argv, jobs, _count_outcome)
 
 
-def raw_zmq(workload: str, kind: str, jobs: int, batch: int = RAW_BATCH) -> Command:
-    """A ``raw_zmq.py KIND JOBS 2 BATCH`` row: the same jobs over bare ZeroMQ, pickled in
-    batches."""
-    argv = [sys.executable, str(HERE / "raw_zmq.py"), kind, str(jobs), str(SLAVES), str(batch)]
-    return Command(workload, f"raw ZeroMQ, batches of {batch}", argv, jobs, _count_outcome)
+def raw_zmq(workload: str, kind: str, jobs: int, batch: int = RAW_BATCH, *,
+            heap: str = "system") -> Command:
+    """A ``raw_zmq.py KIND JOBS 2 BATCH HEAP`` row: the same jobs over bare ZeroMQ, pickled in
+    batches; ``heap="kept"``: with the C heap set as tm-run's processes set it."""
+    argv = [sys.executable, str(HERE / "raw_zmq.py"), kind, str(jobs), str(SLAVES), str(batch),
+            heap]
+    label = f"raw ZeroMQ, batches of {batch}" + (", heap kept" if heap == "kept" else "")
+    return Command(workload, label, argv, jobs, _count_outcome)
 
 
 def gevent_pool(workload: str, kind: str, jobs: int, concurrency: int) -> Command:
@@ -453,6 +457,11 @@ class Row(Protocol):
 def main(argv: list[str] | None = None) -> int:
     """Run every row ``--repeat`` times, interleaved, then print the tables."""
     args = parse_args(argv)
+    if sys.flags.dont_write_bytecode:
+        # Python told not to write bytecode (PYTHONDONTWRITEBYTECODE) would compile the package
+        # again in every command: tens of milliseconds of start-up that no user pays twice.
+        for folder in (HERE.parent / "taskmaster", HERE):
+            compileall.compile_dir(folder, quiet=1, maxlevels=0)
     n, ncpu, nsleep = args.jobs, args.cpu_jobs, args.sleep_jobs
     small, large = args.rss_jobs
     fixed = [tm_run("fixed cost", "noop", 1), pool("fixed cost", "noop", 1, 1)]
@@ -467,11 +476,11 @@ def main(argv: list[str] | None = None) -> int:
                     gevent_pool("sleep 10 ms", "sleep", nsleep, conc)) for conc in SLEEP_GOALS}
     sleep_pool = pool("sleep 10 ms", "sleep", max(1, nsleep // SLEEP_POOL_DIVISOR),
                       SLEEP_POOL_CHUNKSIZE)
-    kb = [(tm_run("1 KB jobs", "kb", k, label=f"tm-run {SLAVES}"), raw_zmq("1 KB jobs", "kb", k))
-          for k in (small, large)]
+    kb = [(tm_run("1 KB jobs", "kb", k, label=f"tm-run {SLAVES}"), raw_zmq("1 KB jobs", "kb", k),
+           raw_zmq("1 KB jobs", "kb", k, heap="kept")) for k in (small, large)]
     spawn = [spawn_join(args.spawn_slaves)] if args.scale else []
     commands = [*fixed, *noop, raw_noop, *cpu, *(c for pair in sleep.values() for c in pair),
-                sleep_pool, *(c for pair in kb for c in pair), *spawn]
+                sleep_pool, *(c for row in kb for c in row), *spawn]
 
     rows: list[Row] = list(commands)
     many: dict[int, list[loadgen.RunResult]] = {}
@@ -576,15 +585,21 @@ def report_sleep(table: Table, conc: int, goal: float, tm: Command, bare: Comman
     table.add(bare, _of_ideal(bare, ideal))
 
 
-def report_kb(table: Table, kb: list[tuple[Command, Command]]) -> None:
-    """1 KB jobs: tm-run as a share of raw ZeroMQ, and the master's memory, flat or not."""
+def report_kb(table: Table, kb: list[tuple[Command, Command, Command]]) -> None:
+    """1 KB jobs: tm-run as a share of raw ZeroMQ, and the master's memory, flat or not.
+
+    The goal is judged against raw ZeroMQ with the heap kept as tm-run keeps it: without, the
+    raw script pays for fresh pages for every batch it pickles, a cost of the C library's, not
+    of moving jobs, and tm-run no longer pays it. The plain script's rate is shown beside."""
     first = kb[0][0]
-    for tm, raw in kb:
+    for tm, raw, kept in kb:
         parts = []
-        got = share(tm, raw)
+        got, plain = share(tm, kept), share(tm, raw)
         if got is not None:
-            parts.append(f"{got:.0%} of raw ZeroMQ (goal ≥ {RAW_GOAL:.0%}: "
+            parts.append(f"{got:.0%} of raw ZeroMQ with the heap kept (goal ≥ {RAW_GOAL:.0%}: "
                          f"{verdict(got >= RAW_GOAL)})")
+        if plain is not None:
+            parts.append(f"{plain:.0%} of plain raw ZeroMQ")
         if tm.measured:
             parts.append(f"peak master RSS {tm.peak / MIB:.1f} MiB (typical "
                          f"{statistics.median(tm.typical) / MIB:.1f})")
@@ -594,7 +609,8 @@ def report_kb(table: Table, kb: list[tuple[Command, Command]]) -> None:
                          f"within {FLAT_RSS_TOLERANCE:.0%}: "
                          f"{verdict(abs(growth - 1) <= FLAT_RSS_TOLERANCE)})")
         table.add(tm, "; ".join(parts))
-        table.add(raw, "the limit")
+        table.add(raw, "for information: the C heap as the system sets it")
+        table.add(kept, "the limit")
 
 
 def print_notes(args: argparse.Namespace, cpu: list[Command]) -> None:

@@ -1,4 +1,4 @@
-"""The floor under tm-run's cost: ``python benchmarks/raw_zmq.py KIND COUNT [CONSUMERS [BATCH]]``.
+"""The floor under tm-run's cost: ``raw_zmq.py KIND COUNT [CONSUMERS [BATCH [HEAP]]]``.
 
 Moves the same jobs as ``tm-run benchmarks/KIND_jobs.py`` (the stream and callback of
 ``jobs.py``) with nothing but ZeroMQ and pickle: this process pulls the stream, pickles it in
@@ -7,6 +7,9 @@ to one of CONSUMERS (default 2) forked consumer processes, DEALERs that unpickle
 call the callback on each job and acknowledge the batch. A consumer holds at most `WINDOW`
 batches not yet acknowledged, so memory stays bounded as a slave's window bounds it. No
 leases, signatures, checkpoints or heartbeats: what tm-run does beyond this is its own cost.
+HEAP ``kept`` tells the C heap to keep message-sized blocks as tm-run's processes do
+(``taskmaster.heap``): with 1 KB jobs, a batch is half a megabyte, and without it each one is
+pickled into fresh pages from the kernel.
 Prints how many jobs were acknowledged; bench.py times this whole command, interpreter
 start-up included, as it times tm-run.
 """
@@ -92,6 +95,10 @@ def main(argv: list[str]) -> int:
     kind, count = argv[0], int(argv[1])
     consumers = int(argv[2]) if len(argv) > 2 else 2
     size = int(argv[3]) if len(argv) > 3 else BATCH
+    if argv[4:5] == ["kept"]:
+        from taskmaster.heap import keep_message_blocks
+
+        keep_message_blocks()  # before the forks, which keep it
     # Forked before this process has a ZeroMQ context; each learns the port through a pipe
     # once the producer has bound one.
     children: list[tuple[int, int]] = []

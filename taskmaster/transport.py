@@ -29,6 +29,7 @@ from .config import (
 )
 from .curve import Curve, load_curve
 from .errors import InternalError, TransportError
+from .heap import keep_message_blocks
 from .protocol import HEARTBEAT_SUFFIX, Gone, Seal
 from .settings import signing_key
 
@@ -65,6 +66,7 @@ class MasterSocket:
 
     def __init__(self, address: str, max_bytes: int = MAX_MESSAGE_BYTES,
                  curve: Curve | None = None) -> None:
+        keep_message_blocks()
         self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
         if curve is not None:
             curve.apply(self._sock, server=True)
@@ -218,6 +220,7 @@ class SlaveSocket:
 
     def __init__(self, address: str, identity: bytes, curve: Curve | None = None,
                  max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        keep_message_blocks()
         self._ctx = gzmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._inbox: gevent.queue.Queue[list[bytes] | None] = gevent.queue.Queue()
