@@ -69,8 +69,13 @@ def test_pacing_starts_with_two_jobs_per_greenlet_and_a_millisecond_guess() -> N
         pacing = Pacing(concurrency)
         assert pacing.window == 2 * concurrency
         assert pacing.overlap == 1.0
-    # With the first guess of 1 ms a job, a piece is PIECE_S of it.
-    assert Pacing(4).piece_size(10_000, alone=False) == round(PIECE_S / 0.001)
+    # Each greenlet's first turn is one job; then a piece is PIECE_S of what a job took
+    # (here, as guessed: 1 ms).
+    pacing = Pacing(4)
+    for _ in range(4):
+        assert pacing.piece_size(10_000, alone=False) == 1
+        pacing.finished(0.001, 1)
+    assert pacing.piece_size(10_000, alone=False) == round(PIECE_S / 0.001)
 
 
 def test_window_grows_for_fast_jobs_and_stops_at_max_window_jobs() -> None:
