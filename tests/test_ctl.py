@@ -139,7 +139,9 @@ def test_max_failures_count_stops_a_failure_storm_and_a_restart_resumes(
     assert tm_run.wait(RUN_S) == 1, tm_run.output
     assert "(--max-failures 10)" in tm_run.output and "stopping: " in tm_run.output
     recorded = run.records()
-    assert 10 <= len(recorded) < 1000, len(recorded)
+    # Stopped, the slaves hand back what they have not begun, and finish the batches they
+    # have: each holds about SLAVE_WORK_AHEAD_S of work (some 1 000 of these jobs) at most.
+    assert 10 <= len(recorded) < n // 5, len(recorded)
     assert len({r["seq"] for r in recorded}) == len(recorded)
     # Fixed: the same command resumes, and runs every job not settled yet.
     again = run.tm_run(2, f"count={n}", "--max-failures", "10")
