@@ -88,12 +88,16 @@ MAX_TRACKED_SENDERS = 100_000
 
 # -- dispatch: what the master leases to one slave ------------------------------------------
 
-MAX_BATCH_JOBS = 5000
-"""Largest batch in one message (and the unit of acknowledgement)."""
+MAX_BATCH_JOBS = 10_000
+"""Largest batch in one message (and the unit of acknowledgement): for instant jobs, the whole
+buffer (`DEFAULT_BUFFER_SIZE`) in one message, since the master's cost is per message more
+than per job."""
 FIRST_BATCH_JOBS = 100
 """Batch size until the pickled size of a job is known."""
-MAX_WINDOW_JOBS = 20_000
-"""Most jobs one slave may hold at once: the bound on a slave's leases."""
+MAX_WINDOW_JOBS = 100_000
+"""Most jobs one slave may hold at once: the bound on a slave's leases. A slave asks for
+`SLAVE_WORK_AHEAD_S` of work; this binds only for jobs of a microsecond or less (instant jobs:
+20 ms of them), and `WINDOW_BYTES` binds first for any job over 42 bytes pickled."""
 BATCH_BYTES = 512 * 1024
 WINDOW_BYTES = 4 * 1024 * 1024
 """The same two bounds in pickled bytes, for large jobs: what the master holds for each slave
