@@ -53,6 +53,7 @@ import zmq
 
 from taskmaster import protocol as p
 from taskmaster.config import (
+    DEFAULT_MASTER_TIMEOUT_S,
     DEFAULT_MAX_MESSAGE_BYTES,
     HEARTBEAT_INTERVAL_S,
     JOIN_FAST_S,
@@ -79,6 +80,8 @@ welcomed knocks only once a second."""
 BEAT_GOAL_PERCENT = 5.0
 CONCURRENCY = 10
 """What each simulated slave says in READY (the master uses it only for large jobs)."""
+PATIENCE_MS = round(DEFAULT_MASTER_TIMEOUT_S * 1000)
+"""And its --master-timeout, as a tm-slave says it: the default."""
 STARTUP_TIMEOUT_S = 30.0
 JOIN_TIMEOUT_S = 60.0
 BUSY_TIMEOUT_S = 10.0
@@ -321,7 +324,7 @@ class Generator:
                     self.n[REJOINS] += 1
                 self._forget(s)
                 s.send(p.Ready(s.session.number, self.spec.window, CONCURRENCY, self.host,
-                               self.pid, DEFAULT_MAX_MESSAGE_BYTES))
+                               self.pid, DEFAULT_MAX_MESSAGE_BYTES, PATIENCE_MS))
                 if not s.joined_at:
                     s.joined_at = now
                     self.n[READY] += 1

@@ -28,7 +28,11 @@ the sizes of the jobs seen so far)."""
 # -- liveness and checkpoints ---------------------------------------------------------------
 
 HEARTBEAT_INTERVAL_S = 1.0
-"""Between two heartbeats of a slave, and two PINGs of the master."""
+"""Between two heartbeats of a slave, and two PINGs of the master to a slave holding jobs."""
+IDLE_PING_S = 5.0
+"""Between two PINGs to a slave holding nothing (no batch of it can be lost on the way, so a
+PING only says the master lives): a quarter of its --master-timeout if that is shorter, and
+half of `MASTER_WAIT_LOG_S`, after which a slave says it is waiting for a master."""
 CHECKPOINT_INTERVAL_S = 1.0
 PROGRESS_LOG_INTERVAL_S = 5.0
 """Between two progress log lines when the output is not a terminal."""

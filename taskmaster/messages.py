@@ -70,8 +70,9 @@ class JobError:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """Slave to master, answering a WELCOME: "I am in; I hold up to ``window`` jobs, and take
-    messages of up to ``max_bytes``"."""
+    """Slave to master, answering a WELCOME: "I am in; I hold up to ``window`` jobs, take
+    messages of up to ``max_bytes``, and give up on a master silent for ``patience_ms``" (0:
+    not said)."""
 
     KIND: ClassVar[bytes] = READY
     session: int
@@ -80,16 +81,18 @@ class Ready:
     host: str
     pid: int
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    patience_ms: int = 0
 
     def body(self) -> Any:
         return [self.session, self.window, self.concurrency, self.host, self.pid,
-                self.max_bytes]
+                self.max_bytes, self.patience_ms]
 
     @classmethod
     def parse(cls, body: Any) -> Ready:
-        session, window, concurrency, host, pid, max_bytes = fields(body, 6, "READY")
+        session, window, concurrency, host, pid, max_bytes, patience_ms = fields(body, 7,
+                                                                                 "READY")
         return cls(count(session), count(window), count(concurrency),
-                   text(host, MAX_HOST_CHARS), count(pid), count(max_bytes))
+                   text(host, MAX_HOST_CHARS), count(pid), count(max_bytes), count(patience_ms))
 
 
 @dataclass(frozen=True, slots=True)

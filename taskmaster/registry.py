@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .config import MAX_TRACKED_SENDERS, WELCOME_REPEAT_S
+from .config import HEARTBEAT_INTERVAL_S, IDLE_PING_S, MAX_TRACKED_SENDERS, WELCOME_REPEAT_S
 from .messages import Ready
 from .protocol import HEARTBEAT_SUFFIX
 
@@ -35,6 +35,9 @@ class SlaveInfo:
     _leaving: bool = field(default=False, init=False, repr=False)
     last_sent: float = float("-inf")
     """When the master last sent it a message (of any kind: each says the master lives)."""
+    idle_ping_s: float = HEARTBEAT_INTERVAL_S
+    """How long it may go without a message from us while it holds nothing (see
+    `IDLE_PING_S`): from the patience its READY gave, the heartbeat interval if it gave none."""
     started: frozenset[int] | None = None
     """Batches the slave said it had started, in its last heartbeat, having received our
     messages up to the counter ``started_seen``."""
@@ -148,6 +151,9 @@ class Registry:
         slave = self.slaves[ident] = SlaveInfo(ident, ready.host, ready.pid, ready.concurrency,
                                                last_seen=now, max_bytes=ready.max_bytes,
                                                takers=self._takers)
+        if ready.patience_ms:
+            slave.idle_ping_s = max(HEARTBEAT_INTERVAL_S,
+                                    min(IDLE_PING_S, ready.patience_ms / 1000 / 4))
         return slave
 
     def forget(self, ident: bytes) -> None:

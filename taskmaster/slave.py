@@ -14,6 +14,7 @@ cleanly: what it has not started goes back, what it runs it finishes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -37,6 +38,7 @@ from .config import (
 )
 from .curve import load_curve
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_REPLACE, exit_code_for_signal
+from .fields import MOST_COUNT
 from .holdings import Failures, Holdings, Piece
 from .pacing import Pacing
 from .pool import WorkerPool
@@ -228,7 +230,13 @@ class Slave:
         self._paused = False
         self.holdings.forget(p.NO_EPOCH)  # no master's epoch: their batches go unacknowledged
         self._send(p.Ready(self.session.number, self._window(), self.cfg.concurrency,
-                           self.host, os.getpid(), self.cfg.max_message_bytes))
+                           self.host, os.getpid(), self.cfg.max_message_bytes,
+                           self._patience_ms()))
+
+    def _patience_ms(self) -> int:
+        """Our --master-timeout, for the master to know how seldom it may ping an idle us."""
+        ms = self.cfg.master_timeout_s * 1000
+        return round(ms) if math.isfinite(ms) and ms < MOST_COUNT else MOST_COUNT
 
     # -- work done -------------------------------------------------------------------------
 

@@ -26,9 +26,11 @@ from taskmaster import protocol as p
 from taskmaster.checkpointer import Checkpointer
 from taskmaster.config import (
     BATCH_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
     FIRST_BATCH_JOBS,
     GONE_GRACE_S,
     HEARTBEAT_INTERVAL_S,
+    IDLE_PING_S,
     MAX_BATCH_JOBS,
     MAX_MESSAGE_BYTES,
     MAX_WINDOW_JOBS,
@@ -125,11 +127,11 @@ def welcome_of(answer: list[tuple[bytes, p.Message]], ident: bytes) -> p.Welcome
 
 
 def join_at(parts: Parts, ident: bytes, window: int, now: float,
-            concurrency: int = 1) -> list[p.Jobs]:
+            concurrency: int = 1, patience_ms: int = 0) -> list[p.Jobs]:
     """The real handshake at ``now``; returns the batches sent to the new member."""
     welcome = welcome_of(knock(parts, ident, now), ident)
-    answer = deliver(parts, ident, p.Ready(welcome.session, window, concurrency, "host", 7),
-                     now)
+    answer = deliver(parts, ident, p.Ready(welcome.session, window, concurrency, "host", 7,
+                                           DEFAULT_MAX_MESSAGE_BYTES, patience_ms), now)
     assert parts.registry.get(ident) is not None
     return jobs_to(answer, ident)
 
@@ -948,6 +950,33 @@ def test_a_ping_goes_only_to_members_that_had_no_message_from_us_for_an_interval
     deliver(parts, SLAVE + HEARTBEAT_SUFFIX,
             heartbeat(SLAVE, set(), beat=True, seen=counter_of(parts)), t0 + 3.2)
     assert batch.bid not in parts.ledger.leases and parts.ledger.stats.redispatched == 10
+
+
+def test_a_slave_holding_nothing_is_pinged_only_as_often_as_its_patience_needs(
+        tmp_path: Path, t0: float) -> None:
+    """A PING to a slave that holds nothing only says the master lives: every `IDLE_PING_S`
+    for a patient slave, every quarter of a short --master-timeout, never more often than
+    the heartbeat interval; one that holds jobs is pinged each interval as before."""
+    parts = Parts(tmp_path, jobs=5, secret=SECRET)
+    assert len(join_at(parts, SLAVE, 10, t0, patience_ms=300_000)) == 1  # it holds all 5
+    assert join_at(parts, OTHER, 10, t0, patience_ms=300_000) == []
+    assert join_at(parts, THIRD, 10, t0, patience_ms=2_000) == []  # quarter: 0.5 s, so 1 s
+    fourth = b"fourth-slave:4:6789ab"
+    assert join_at(parts, fourth, 10, t0, patience_ms=12_000) == []  # a quarter: 3 s
+    pings: dict[bytes, list[float]] = {}
+    for tick in range(1, 121):  # 12 s, in ticks of 0.1 s
+        now = t0 + tick / 10
+        mark = len(parts.wire.sent)
+        parts.handout.ping(now)
+        for to, msg in parts.wire.messages(parts.key)[mark:]:
+            assert isinstance(msg, p.Ping)
+            pings.setdefault(to, []).append(round(now - t0, 1))
+    # The three that got no jobs have heard nothing from us yet: a PING at once, then one
+    # every interval of theirs.
+    assert pings[SLAVE] == [float(s) for s in range(1, 13)], "it holds jobs"
+    assert pings[OTHER] == [0.1, 0.1 + IDLE_PING_S, 0.1 + 2 * IDLE_PING_S]
+    assert pings[THIRD] == [s + 0.1 for s in range(12)]
+    assert pings[fourth] == [0.1, 3.1, 6.1, 9.1]
 
 
 def test_after_the_run_a_knock_is_answered_with_done_and_its_nonce(tmp_path: Path) -> None:

@@ -105,13 +105,14 @@ def test_only_the_expected_direction_is_accepted() -> None:
 
 
 @pytest.mark.parametrize(("kind", "body"), [
-    (p.READY, [1, 2, 3, "h", 4]),  # a field missing
-    (p.READY, [1, 2, 3, "h", 4, 5, 6]),  # one too many
-    (p.READY, [1, float("inf"), 3, "h", 4, 5]),  # JSON allows it, a count must not
-    (p.READY, [1, -1, 3, "h", 4, 5]),
-    (p.READY, [True, 2, 3, "h", 4, 5]),  # bool is an int to isinstance()
-    (p.READY, [1, 2, 3, 17, 4, 5]),  # host not text
-    (p.READY, [1, 2**70, 3, "h", 4, 5]),
+    (p.READY, [1, 2, 3, "h", 4, 5]),  # a field missing
+    (p.READY, [1, 2, 3, "h", 4, 5, 6, 7]),  # one too many
+    (p.READY, [1, float("inf"), 3, "h", 4, 5, 6]),  # JSON allows it, a count must not
+    (p.READY, [1, -1, 3, "h", 4, 5, 6]),
+    (p.READY, [True, 2, 3, "h", 4, 5, 6]),  # bool is an int to isinstance()
+    (p.READY, [1, 2, 3, 17, 4, 5, 6]),  # host not text
+    (p.READY, [1, 2**70, 3, "h", 4, 5, 6]),
+    (p.READY, [1, 2, 3, "h", 4, 5, 0.5]),  # patience in whole milliseconds
     (p.ACK, {"done": [], "window": 1}),
     (p.ACK, [[[1, [[0, ["E", "m"]]]]], 1]),  # an error of two fields
     (p.ACK, [[[1, [[0, {"type": "E"}]]]], 1]),
@@ -257,7 +258,7 @@ def test_json_bodies_are_compact() -> None:
 
 LONE = "\ud800"  # JSON may carry it ("\\ud800"); no UTF-8 encoding takes it
 TEXT_FIELDS = [
-    (p.READY, [1, 2, 3, LONE, 4, 5]),
+    (p.READY, [1, 2, 3, LONE, 4, 5, 6]),
     (p.ACK, [[[1, [[0, [LONE, "m", "t"]]]]], 1]),
     (p.ACK, [[[1, [[0, ["E", LONE, "t"]]]]], 1]),
     (p.ACK, [[[1, [[0, ["E", "m", LONE]]]]], 1]),
