@@ -3,13 +3,14 @@
 Each simulated slave speaks the wire protocol as a tm-slave does (slave.py, session.py): a
 DEALER socket of its own with the identity ``host:pid:tag``, a second one with that identity
 plus ``/heartbeat`` that sends ``Heartbeat(beat=True, held, started, seen, sent)`` every
-`HEARTBEAT_INTERVAL_S`, knocks on the main socket every `JOIN_RETRY_S` (for `JOIN_FAST_S`)
-until a WELCOME echoes its nonce, READY, and an ``Ack((BatchDone(bid), ...), window)`` for
-every JOBS batch it "runs" (at once, or in ``--batch-ms``). Every message is signed with the
-run's secret through `protocol.Seal` and every message from the master checked through the
-slave's own `Session` (HMAC, epoch, replay counter), so the master pays what it pays on a real
-network run. Many slaves share one process, driven by one `zmq.Poller`; a few processes share
-the slaves. The master is ``tm-master benchmarks/noop_jobs.py`` with an endless stream.
+`HEARTBEAT_INTERVAL_S` (holding nothing, every `Session.idle_beat_s`), knocks on the main
+socket every `JOIN_RETRY_S` (for `JOIN_FAST_S`) until a WELCOME echoes its nonce, READY, and an
+``Ack((BatchDone(bid), ...), window)`` for every JOBS batch it "runs" (at once, or in
+``--batch-ms``). Every message is signed with the run's secret through `protocol.Seal` and
+every message from the master checked through the slave's own `Session` (HMAC, epoch, replay
+counter), so the master pays what it pays on a real network run. Many slaves share one process,
+driven by one `zmq.Poller`; a few processes share the slaves. The master is ``tm-master
+benchmarks/noop_jobs.py`` with an endless stream.
 
 Per slave count, each run measures: the join storm (from "go" to every slave welcomed and
 READY, and to every slave holding its first batch), the throughput over a steady window with
@@ -27,6 +28,7 @@ import ctypes.util
 import heapq
 import json
 import logging
+import math
 import multiprocessing
 import multiprocessing.sharedctypes
 import os
@@ -56,6 +58,7 @@ from taskmaster.config import (
     DEFAULT_MASTER_TIMEOUT_S,
     DEFAULT_MAX_MESSAGE_BYTES,
     HEARTBEAT_INTERVAL_S,
+    IDLE_BEAT_S,
     JOIN_FAST_S,
     JOIN_RETRY_S,
     MAX_WINDOW_JOBS,
@@ -116,7 +119,7 @@ slaves that get a batch from then on."""
 class SimSlave:
     """One simulated slave: its two sockets, its session with the master, what it holds."""
 
-    __slots__ = ("batches", "beat_seal", "beat_sock", "busy", "fed_mark", "finish_at",
+    __slots__ = ("batches", "beat_at", "beat_seal", "beat_sock", "busy", "fed_mark", "finish_at",
                  "finished", "ident", "index", "joined_at", "last_heard", "running", "session",
                  "sock", "to_ack")
 
@@ -142,6 +145,7 @@ class SimSlave:
         self.fed_mark = 0.0
         """The driver's mark when it last got a batch."""
         self.finished = False
+        self.beat_at = float("-inf")
 
     def connect(self, address: str) -> None:
         self.sock.connect(address)
@@ -153,6 +157,15 @@ class SimSlave:
             self.sock.send_multipart(self.session.seal(message), flags=zmq.NOBLOCK)
         except zmq.Again:
             return False  # not connected yet (IMMEDIATE): dropped, as a tm-slave's would be
+        return True
+
+    def beat_due(self, now: float) -> bool:
+        """Whether the heartbeat thread would beat on this tick, as `Slave._beat` decides:
+        each one, but holding nothing, only once every `Session.idle_beat_s`."""
+        quiet_s = self.session.idle_beat_s - HEARTBEAT_INTERVAL_S / 2
+        if not self.batches and self.session.joined and now - self.beat_at < quiet_s:
+            return False
+        self.beat_at = now
         return True
 
     def beat(self) -> bool:
@@ -280,7 +293,9 @@ class Generator:
             if not s.session.joined and now - s.last_heard < JOIN_FAST_S:
                 self._knock(s, now)
         elif kind == BEAT:
-            if s.beat():
+            if not s.beat_due(now):
+                pass
+            elif s.beat():
                 self.n[BEATS] += 1
             else:
                 self.n[SEND_FAILED] += 1
@@ -704,9 +719,14 @@ def _beats(master: MasterProcess, gens: Generators, args: argparse.Namespace,
             break
     else:
         result.problems.append(f"{gens.total(HELD):.0f} jobs still held after pausing")
-    profiler.start(master.proc.pid, args.window_s, f"{result.slaves} slaves paused, beating")
+    # Slaves that hold nothing beat only every IDLE_BEAT_S (and are pinged as seldom): the
+    # window starts once they all beat in that rhythm, not in the one they had while busy,
+    # and is whole rhythms long (slaves paused at once beat at nearly the same moments).
+    time.sleep(IDLE_BEAT_S)
+    window_s = IDLE_BEAT_S * math.ceil(args.window_s / IDLE_BEAT_S)
+    profiler.start(master.proc.pid, window_s, f"{result.slaves} slaves paused, beating")
     beats0, cpu0, t0 = gens.total(BEATS), master.cpu_s(), time.monotonic()
-    time.sleep(args.window_s)
+    time.sleep(window_s)
     elapsed = time.monotonic() - t0
     result.beat_master_percent = 100 * (master.cpu_s() - cpu0) / elapsed
     result.beats_per_s = (gens.total(BEATS) - beats0) / elapsed

@@ -29,6 +29,9 @@ the sizes of the jobs seen so far)."""
 
 HEARTBEAT_INTERVAL_S = 1.0
 """Between two heartbeats of a slave, and two PINGs of the master to a slave holding jobs."""
+IDLE_BEAT_S = 5.0
+"""Between two heartbeats of a slave holding nothing (a heartbeat then only says it lives): a
+quarter of the master's lease timeout if that is shorter, never less than the interval."""
 IDLE_PING_S = 5.0
 """Between two PINGs to a slave holding nothing (no batch of it can be lost on the way, so a
 PING only says the master lives): a quarter of its --master-timeout if that is shorter, and

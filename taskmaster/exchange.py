@@ -14,6 +14,7 @@ from collections.abc import Callable
 from . import protocol as p
 from .checkpointer import Checkpointer
 from .config import DROP_LOG_INTERVAL_S, MAX_MESSAGE_BYTES
+from .fields import millis
 from .handout import Handout
 from .ledger import AckMismatchError, Failure, Ledger
 from .progress import plural
@@ -27,13 +28,17 @@ class Exchange:
     """Acts on slaves' messages through the registry, the ledger and the handout."""
 
     def __init__(self, ledger: Ledger, registry: Registry, handout: Handout,
-                 checkpointer: Checkpointer, *, key: bytes | None, epoch: bytes) -> None:
+                 checkpointer: Checkpointer, *, key: bytes | None, epoch: bytes,
+                 lease_timeout_s: float = 0.0) -> None:
+        """``lease_timeout_s``: how long we wait on a silent slave, told to slaves that join
+        (0: not told, and slaves beat every interval)."""
         self.ledger = ledger
         self.registry = registry
         self.handout = handout
         self.checkpointer = checkpointer
         self.key = key
         self.epoch = epoch
+        self.lease_ms = millis(lease_timeout_s)
         self.dropped = 0
         self.last_drop = ""
         """Why the last dropped message was dropped."""
@@ -111,7 +116,7 @@ class Exchange:
         # one cannot reset it a second time.
         session = self.registry.offer(ident, now)
         if session is not None:
-            self.handout.send(ident, p.Welcome(session, msg.nonce))
+            self.handout.send(ident, p.Welcome(session, msg.nonce, self.lease_ms))
 
     def _reconcile(self, slave: SlaveInfo, beat: p.Heartbeat, now: float) -> None:
         if beat.held is None or slave.leaving or self.handout.closed:

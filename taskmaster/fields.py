@@ -3,6 +3,7 @@ and range the contract says, or raises `ProtocolError`."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 MOST_COUNT = 2**62
@@ -18,6 +19,12 @@ def count(value: Any) -> int:
     if type(value) is not int or not 0 <= value <= MOST_COUNT:
         raise ProtocolError(f"expected a count, got {safe_str(value)[:40]!r}")
     return value
+
+
+def millis(seconds: float) -> int:
+    """A duration as a count of milliseconds for the wire (an endless one as the most)."""
+    ms = seconds * 1000
+    return round(ms) if math.isfinite(ms) and 0 <= ms < MOST_COUNT else MOST_COUNT
 
 
 def text(value: Any, most_chars: int) -> str:

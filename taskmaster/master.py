@@ -116,7 +116,7 @@ class Master:
                                p.Seal(key, epoch), stop=self.stop, room_freed=self._room_freed,
                                max_message_bytes=cfg.max_message_bytes, rate=cfg.rate)
         self.exchange = Exchange(self.ledger, self.registry, self.handout, self.checkpointer,
-                                 key=key, epoch=epoch)
+                                 key=key, epoch=epoch, lease_timeout_s=cfg.lease_timeout_s)
         self.control = Control(cfg, registry=self.registry, ledger=self.ledger,
                                handout=self.handout, exchange=self.exchange,
                                signals=self.signals, totals=self._totals,

@@ -213,19 +213,21 @@ class Gone:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """Master to slave: this is my epoch; forget any earlier lease and send READY."""
+    """Master to slave: this is my epoch; forget any earlier lease and send READY. I give up
+    on a slave silent for ``lease_ms`` (0: not said)."""
 
     KIND: ClassVar[bytes] = WELCOME
     session: int
     nonce: str
+    lease_ms: int = 0
 
     def body(self) -> Any:
-        return [self.session, self.nonce]
+        return [self.session, self.nonce, self.lease_ms]
 
     @classmethod
     def parse(cls, body: Any) -> Welcome:
-        session, nonce = fields(body, 2, "WELCOME")
-        return cls(count(session), text(nonce, MAX_NAME_CHARS))
+        session, nonce, lease_ms = fields(body, 3, "WELCOME")
+        return cls(count(session), text(nonce, MAX_NAME_CHARS), count(lease_ms))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import logging
 import uuid
 
 from . import protocol as p
+from .config import HEARTBEAT_INTERVAL_S, IDLE_BEAT_S
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ class Session:
         self.nonce = uuid.uuid4().hex
         self.master_counter = 0
         """The counter of the master's last message we took."""
+        self.idle_beat_s = HEARTBEAT_INTERVAL_S
+        """How often to beat while we hold nothing: `IDLE_BEAT_S`, or a quarter of the
+        master's lease timeout if its WELCOME said a shorter one."""
 
     @property
     def epoch(self) -> bytes:
@@ -74,6 +78,10 @@ class Session:
         self.seal.epoch = envelope.epoch
         self.number = welcome.session
         self.master_counter = envelope.counter
+        self.idle_beat_s = HEARTBEAT_INTERVAL_S
+        if welcome.lease_ms:
+            self.idle_beat_s = max(HEARTBEAT_INTERVAL_S,
+                                   min(IDLE_BEAT_S, welcome.lease_ms / 1000 / 4))
         return True
 
     def knock(self, held: frozenset[int] | None = None,

@@ -14,7 +14,6 @@ cleanly: what it has not started goes back, what it runs it finishes.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import time
@@ -38,7 +37,7 @@ from .config import (
 )
 from .curve import load_curve
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_REPLACE, exit_code_for_signal
-from .fields import MOST_COUNT
+from .fields import millis
 from .holdings import Failures, Holdings, Piece
 from .pacing import Pacing
 from .pool import WorkerPool
@@ -83,6 +82,7 @@ class Slave:
         self._stopping = False
         self._exit: int | None = None
         self._last_heard = time.monotonic()
+        self._beat_at = float("-inf")  # when the heartbeat thread last sent one
 
     @property
     def name(self) -> str:
@@ -231,12 +231,7 @@ class Slave:
         self.holdings.forget(p.NO_EPOCH)  # no master's epoch: their batches go unacknowledged
         self._send(p.Ready(self.session.number, self._window(), self.cfg.concurrency,
                            self.host, os.getpid(), self.cfg.max_message_bytes,
-                           self._patience_ms()))
-
-    def _patience_ms(self) -> int:
-        """Our --master-timeout, for the master to know how seldom it may ping an idle us."""
-        ms = self.cfg.master_timeout_s * 1000
-        return round(ms) if math.isfinite(ms) and ms < MOST_COUNT else MOST_COUNT
+                           millis(self.cfg.master_timeout_s)))
 
     # -- work done -------------------------------------------------------------------------
 
@@ -268,6 +263,16 @@ class Slave:
     def _send(self, message: p.Message) -> None:
         self.sock.send(self.session.seal(message))
 
-    def _beat(self) -> p.Heartbeat:
-        # Runs on the heartbeat thread: reads attributes only.
-        return self.session.knock(*self.holdings.snapshot(), beat=True)
+    def _beat(self) -> p.Heartbeat | None:
+        """Our heartbeat, or None this time: while we hold nothing a heartbeat only says we
+        live, which the master needs every `Session.idle_beat_s` (a thousand idle slaves
+        beating each second cost a master more than all else it did then)."""
+        # Runs on the heartbeat thread: reads attributes only, and `_beat_at`, its own.
+        held, started = self.holdings.snapshot()
+        now = time.monotonic()
+        # (Half a tick early rather than a tick late: the thread wakes once an interval.)
+        quiet_s = self.session.idle_beat_s - HEARTBEAT_INTERVAL_S / 2
+        if not held and self.session.joined and now - self._beat_at < quiet_s:
+            return None
+        self._beat_at = now
+        return self.session.knock(held, started, beat=True)

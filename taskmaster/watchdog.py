@@ -50,7 +50,7 @@ def end_process(code: int, supervised: bool) -> None:
 class Watchdog:
     """What the heartbeat thread does each beat (see `transport.start_heartbeat_thread`)."""
 
-    def __init__(self, *, name: str, seal: p.Seal, heartbeat: Callable[[], p.Heartbeat],
+    def __init__(self, *, name: str, seal: p.Seal, heartbeat: Callable[[], p.Heartbeat | None],
                  holdings: Holdings, pool: WorkerPool, signals: StopSignals,
                  job_timeout_s: float | None, parent_pid: int | None, supervised: bool,
                  epoch: Callable[[], bytes]) -> None:
@@ -82,7 +82,8 @@ class Watchdog:
                       "again", time.monotonic() - at, self.signals.name)
             gone = p.Gone(self.name, code, handed_back=tuple(self.holdings.unstarted()))
             return [self.seal(gone)], lambda: end_process(code, self.supervised)
-        return [self.seal(self.heartbeat())], None
+        beat = self.heartbeat()
+        return ([] if beat is None else [self.seal(beat)]), None
 
     def _overdue_job(self) -> tuple[list[list[bytes]], End | None] | None:
         limit = self.job_timeout_s

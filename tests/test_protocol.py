@@ -20,6 +20,7 @@ ERR = p.JobError("ValueError", "bad", "Traceback ...")
 
 MESSAGES: list[p.Message] = [
     p.Ready(1, 200, 10, "host", 4242, 1 << 20),
+    p.Ready(1, 200, 10, "host", 4242, 1 << 20, 300_000),
     p.Ack((p.BatchDone(7), p.BatchDone(8, ((0, ERR), (3, ERR)))), 50),
     p.Heartbeat("host:1:abc", "nonce"),
     p.Heartbeat("host:1:abc", "nonce", frozenset({1, 2}), frozenset({2}), True, 12, 30),
@@ -27,6 +28,7 @@ MESSAGES: list[p.Message] = [
     p.Gone("host:1:abc", -9),
     p.Gone("host:1:abc", None, (7, 3, ERR)),
     p.Welcome(3, "nonce"),
+    p.Welcome(3, "nonce", 30_000),
     p.Jobs(9, [0, "", {}, None], True),
     p.Ping(),
     p.Stop(),
@@ -131,7 +133,9 @@ def test_only_the_expected_direction_is_accepted() -> None:
     (p.GONE, ["s", None, [1, -2, ["E", "m", "t"]]]),
     (p.BYE, [1, 2.5]),
     (p.BYE, {"a": 1}),
-    (p.WELCOME, [1, 2]),
+    (p.WELCOME, [1, 2, 3]),
+    (p.WELCOME, [1, "n"]),  # a field missing
+    (p.WELCOME, [1, "n", -1]),
     (p.DONE, [1, 2, 3]),
     (p.JOBS, (1, [1])),
     (p.JOBS, (1, [], False)),  # no jobs
@@ -264,7 +268,7 @@ TEXT_FIELDS = [
     (p.ACK, [[[1, [[0, ["E", "m", LONE]]]]], 1]),
     (p.HEARTBEAT, [LONE, "n", None, None, False, 0, 0]),
     (p.HEARTBEAT, ["s", LONE, None, None, False, 0, 0]),
-    (p.WELCOME, [1, LONE]),
+    (p.WELCOME, [1, LONE, 0]),
     (p.DONE, [1, 2, LONE]),
 ]
 

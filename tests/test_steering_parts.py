@@ -11,13 +11,15 @@ from pathlib import Path
 from master_parts import SLAVE, Parts
 
 from taskmaster import protocol as p
+from taskmaster.config import HEARTBEAT_INTERVAL_S, IDLE_BEAT_S
 from taskmaster.control import Control
 from taskmaster.errors import FailureLimitError, TaskmasterError
 from taskmaster.limits import MaxFailures
 from taskmaster.recycling import Recycling
 from taskmaster.session import Session
-from taskmaster.settings import MasterConfig
+from taskmaster.settings import MasterConfig, SlaveConfig
 from taskmaster.signals import StopSignals
+from taskmaster.slave import Slave
 from taskmaster.target import Target
 from taskmaster.upkeep import every
 
@@ -233,3 +235,32 @@ def test_a_session_offered_again_while_its_ready_is_on_the_way_is_kept() -> None
     other = session.accept(seal(p.Welcome(8, session.nonce)))  # a new session: it lost us
     assert other is not None and session.join(other, other.message)  # type: ignore[arg-type]
     assert session.number == 8
+
+
+def test_a_welcome_sets_how_often_the_slave_beats_while_it_holds_nothing() -> None:
+    # A quarter of the master's lease timeout, at most IDLE_BEAT_S, never under the interval;
+    # a master that does not say (0) gets a beat each interval.
+    for lease_ms, idle_s in ((0, HEARTBEAT_INTERVAL_S), (30_000, IDLE_BEAT_S), (12_000, 3.0),
+                             (2_000, HEARTBEAT_INTERVAL_S)):
+        session = Session("host:1:abc", SECRET, 1 << 20)
+        seal = p.Seal(SECRET, p.new_epoch())
+        welcome = session.accept(seal(p.Welcome(1, session.nonce, lease_ms)))
+        assert welcome is not None and session.join(welcome, welcome.message)  # type: ignore[arg-type]
+        assert session.idle_beat_s == idle_s, lease_ms
+
+
+def test_a_slave_beats_each_tick_while_it_holds_jobs_or_knocks_and_seldom_when_idle() -> None:
+    slave = Slave(SlaveConfig(Target.parse("jobs_module", "handle_job")), lambda job: None)
+    assert slave._beat() is not None and slave._beat() is not None  # knocks: not joined yet
+    seal = p.Seal(SECRET, p.new_epoch())
+    slave.session.key = SECRET
+    welcome = slave.session.accept(seal(p.Welcome(1, slave.session.nonce, 30_000)))
+    assert welcome is not None and slave.session.join(welcome, welcome.message)  # type: ignore[arg-type]
+    assert slave._beat() is None, "holding nothing, a beat a tick on says nothing new"
+    slave.holdings.add(5, slave.session.epoch, [1, 2], False, 2)
+    beat = slave._beat()
+    assert beat is not None and beat.held == frozenset({5}), "holding jobs, every tick"
+    assert slave._beat() is not None
+    slave._beat_at -= IDLE_BEAT_S  # as if that much time had passed since
+    slave.holdings = type(slave.holdings)()
+    assert slave._beat() is not None, "idle, but the idle interval is over"
