@@ -292,11 +292,12 @@ def test_unsigned_loopback_master_survives_a_malformed_ready(procs: Procs,
     m, address = master(procs, tmp_path, count)
     with zmq_context() as ctx:
         for name, bodies in {
-            "rogue-2": [[float("inf"), 1, "rogue", 1, 1], [float("-inf"), 1, "rogue", 1, 1],
-                        [float("nan"), 1, "rogue", 1, 1]],  # credit
-            "rogue-3": [[1, 1, "rogue", 1e999, 1]],  # pid
-            "rogue-4": [[1, float("inf"), "rogue", 1, 1]],  # concurrency
-            "rogue-5": [[1, 1, "rogue", 1, float("inf")]],  # message size
+            "rogue-2": [[float("inf"), 1, "rogue", 1, 1, 0], [float("-inf"), 1, "rogue", 1, 1, 0],
+                        [float("nan"), 1, "rogue", 1, 1, 0]],  # credit
+            "rogue-3": [[1, 1, "rogue", 1e999, 1, 0]],  # pid
+            "rogue-4": [[1, float("inf"), "rogue", 1, 1, 0]],  # concurrency
+            "rogue-5": [[1, 1, "rogue", 1, float("inf"), 0]],  # message size
+            "rogue-6": [[1, 1, "rogue", 1, 1, float("inf")], [1, 1, "rogue", 1, 1, -1]],  # patience
         }.items():
             rogue = dealer(ctx, address, name.encode())
             welcome = knock(rogue, name, "n1", None)
@@ -381,8 +382,8 @@ def test_slave_rejects_forged_and_replayed_master_messages(procs: Procs, tmp_pat
         send(p.JOBS, (1, [bomb], False), 1, k=None)  # unsigned pickle
         send(p.JOBS, (1, [bomb], False), 2, k=WRONG_KEY)  # wrongly signed pickle
         s.expect(r"dropped a message from the master: .*signature")
-        send(p.WELCOME, [111, "not the nonce"], 3)  # a WELCOME for another knock
-        welcome = send(p.WELCOME, [222, nonce], 4)
+        send(p.WELCOME, [111, "not the nonce", 0], 3)  # a WELCOME for another knock
+        welcome = send(p.WELCOME, [222, nonce, 0], 4)
         ready = from_slave(p.READY)
         assert ready.body[0] == 222, "the slave accepted a WELCOME that did not echo its nonce"
 
@@ -674,7 +675,7 @@ def test_each_attack_is_dropped_and_counted(tmp_path: Path, secret: bytes | None
         "three frames": (signed(p.ACK, [[], 0])[:3], "expected 4 frames"),
         "five frames": ([*signed(p.ACK, [[], 0]), b"x"], "expected 4 frames"),
         "unknown kind": ([b"NOPE", hdr, b"{}", b""], "unknown message kind"),
-        "a master kind": (signed(p.WELCOME, [1, "n"]), "unknown message kind"),
+        "a master kind": (signed(p.WELCOME, [1, "n", 0]), "unknown message kind"),
         "pickle bomb as JOBS": ([p.JOBS, hdr, bomb, b""], "unknown message kind"),
         "short header": ([p.ACK, b"short", b"[]", b""], "bad header size"),
         "oversized body": ([p.ACK, hdr, b" " * (MAX_MESSAGE_BYTES + 1), b""], "exceeds"),
