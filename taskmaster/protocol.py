@@ -33,6 +33,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from .config import HEARTBEAT_INTERVAL_S
 from .messages import (
     ACK,
     ANSWER,
@@ -122,6 +123,15 @@ MAC_BYTES = hashlib.sha256().digest_size
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 HEARTBEAT_SUFFIX = b"/heartbeat"
 """A slave's heartbeat thread connects as the slave's identity plus this."""
+
+
+def idle_interval(patience_ms: int, most_s: float) -> float:
+    """How long a side may leave a peer without a message while nothing of theirs is in
+    flight, the peer giving up after ``patience_ms`` (0: it did not say): a quarter of that,
+    at most ``most_s``, never less than the heartbeat interval."""
+    if not patience_ms:
+        return HEARTBEAT_INTERVAL_S
+    return max(HEARTBEAT_INTERVAL_S, min(most_s, patience_ms / 1000 / 4))
 
 
 @dataclass(frozen=True, slots=True)

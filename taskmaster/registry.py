@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .config import HEARTBEAT_INTERVAL_S, IDLE_PING_S, MAX_TRACKED_SENDERS, WELCOME_REPEAT_S
 from .messages import Ready
-from .protocol import HEARTBEAT_SUFFIX
+from .protocol import HEARTBEAT_SUFFIX, idle_interval
 
 
 @dataclass
@@ -151,9 +151,7 @@ class Registry:
         slave = self.slaves[ident] = SlaveInfo(ident, ready.host, ready.pid, ready.concurrency,
                                                last_seen=now, max_bytes=ready.max_bytes,
                                                takers=self._takers)
-        if ready.patience_ms:
-            slave.idle_ping_s = max(HEARTBEAT_INTERVAL_S,
-                                    min(IDLE_PING_S, ready.patience_ms / 1000 / 4))
+        slave.idle_ping_s = idle_interval(ready.patience_ms, IDLE_PING_S)
         return slave
 
     def forget(self, ident: bytes) -> None:

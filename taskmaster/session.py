@@ -78,10 +78,7 @@ class Session:
         self.seal.epoch = envelope.epoch
         self.number = welcome.session
         self.master_counter = envelope.counter
-        self.idle_beat_s = HEARTBEAT_INTERVAL_S
-        if welcome.lease_ms:
-            self.idle_beat_s = max(HEARTBEAT_INTERVAL_S,
-                                   min(IDLE_BEAT_S, welcome.lease_ms / 1000 / 4))
+        self.idle_beat_s = p.idle_interval(welcome.lease_ms, IDLE_BEAT_S)
         return True
 
     def knock(self, held: frozenset[int] | None = None,
