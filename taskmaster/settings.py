@@ -171,12 +171,13 @@ class MasterConfig:
         check_rate(self.rate, "--rate")
         if self.size < 1:
             raise ConfigError(f"--size must be at least 1, got {self.size}")
-        if self.max_retries < 0 or self.max_deaths < 1 or self.stop_wait_s < 0:
+        # (Comparisons a NaN fails: click takes "nan" as a float.)
+        if self.max_retries < 0 or self.max_deaths < 1 or not self.stop_wait_s >= 0:
             raise ConfigError("--max-retries must be 0 or more, --max-deaths 1 or more, "
                               "--stop-wait 0 or more")
         check_megabytes("--max-message-mb", self.max_message_bytes)
         check_megabytes("--max-buffer-mb", self.max_buffer_bytes)
-        if self.lease_timeout_s <= HEARTBEAT_INTERVAL_S:
+        if not self.lease_timeout_s > HEARTBEAT_INTERVAL_S:
             raise ConfigError(
                 f"--lease-timeout must exceed the heartbeat interval ({HEARTBEAT_INTERVAL_S}s)"
             )
@@ -246,8 +247,8 @@ class SlaveConfig:
         check_exposure(self.address, self.secret, self.insecure, "slave")
         if self.concurrency < 1:
             raise ConfigError(f"--concurrency must be at least 1, got {self.concurrency}")
-        if self.master_timeout_s <= 0 or (self.job_timeout_s is not None
-                                          and self.job_timeout_s <= 0):
+        if not self.master_timeout_s > 0 or (self.job_timeout_s is not None
+                                             and not self.job_timeout_s > 0):
             raise ConfigError("--master-timeout and --job-timeout must be positive")
         if (self.max_jobs is not None and self.max_jobs < 1) or (
                 self.max_memory_mb is not None and self.max_memory_mb < 1):

@@ -8,12 +8,13 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from master_parts import SLAVE, Parts
 
 from taskmaster import protocol as p
 from taskmaster.config import HEARTBEAT_INTERVAL_S, IDLE_BEAT_S
 from taskmaster.control import Control
-from taskmaster.errors import FailureLimitError, TaskmasterError
+from taskmaster.errors import ConfigError, FailureLimitError, TaskmasterError
 from taskmaster.limits import MaxFailures
 from taskmaster.recycling import Recycling
 from taskmaster.session import Session
@@ -264,3 +265,15 @@ def test_a_slave_beats_each_tick_while_it_holds_jobs_or_knocks_and_seldom_when_i
     slave._beat_at -= IDLE_BEAT_S  # as if that much time had passed since
     slave.holdings = type(slave.holdings)()
     assert slave._beat() is not None, "idle, but the idle interval is over"
+
+
+@pytest.mark.parametrize("field", ["lease_timeout_s", "stop_wait_s"])
+def test_a_master_duration_that_is_not_a_number_is_refused(field: str) -> None:
+    with pytest.raises(ConfigError, match=field.removesuffix("_s").replace("_", "-")):
+        MasterConfig(Target.parse("jobs", "get_jobs"), **{field: float("nan")})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["master_timeout_s", "job_timeout_s"])
+def test_a_slave_duration_that_is_not_a_number_is_refused(field: str) -> None:
+    with pytest.raises(ConfigError, match=field.removesuffix("_s").replace("_", "-")):
+        SlaveConfig(Target.parse("jobs", "handle_job"), **{field: float("nan")})  # type: ignore[arg-type]
