@@ -119,9 +119,9 @@ slaves that get a batch from then on."""
 class SimSlave:
     """One simulated slave: its two sockets, its session with the master, what it holds."""
 
-    __slots__ = ("batches", "beat_at", "beat_seal", "beat_sock", "busy", "fed_mark", "finish_at",
-                 "finished", "ident", "index", "joined_at", "last_heard", "running", "session",
-                 "sock", "to_ack")
+    __slots__ = ("batches", "beat_at", "beat_seal", "beat_seen", "beat_sock", "busy", "fed_mark",
+                 "finish_at", "finished", "ident", "index", "joined_at", "last_heard", "running",
+                 "session", "sock", "to_ack")
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], index: int, ident: bytes,
                  key: bytes | None, beats_on_main: bool) -> None:
@@ -146,6 +146,7 @@ class SimSlave:
         """The driver's mark when it last got a batch."""
         self.finished = False
         self.beat_at = float("-inf")
+        self.beat_seen = -1
 
     def connect(self, address: str) -> None:
         self.sock.connect(address)
@@ -161,11 +162,14 @@ class SimSlave:
 
     def beat_due(self, now: float) -> bool:
         """Whether the heartbeat thread would beat on this tick, as `Slave._beat` decides:
-        each one, but holding nothing, only once every `Session.idle_beat_s`."""
+        each one, but holding nothing and told nothing new, only once every
+        `Session.idle_beat_s`."""
         quiet_s = self.session.idle_beat_s - HEARTBEAT_INTERVAL_S / 2
-        if not self.batches and self.session.joined and now - self.beat_at < quiet_s:
+        seen = self.session.master_counter
+        if (not self.batches and self.session.joined and seen == self.beat_seen
+                and now - self.beat_at < quiet_s):
             return False
-        self.beat_at = now
+        self.beat_at, self.beat_seen = now, seen
         return True
 
     def beat(self) -> bool:

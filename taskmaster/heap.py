@@ -14,9 +14,10 @@ from __future__ import annotations
 import functools
 import os
 
-MMAP_BYTES = 4 * 1024 * 1024
+MMAP_BYTES = 1024 * 1024
 """Blocks below this come from the heap, not a mapping of their own: a batch's pickle
-(`config.BATCH_BYTES` of jobs) with room to spare."""
+(`config.BATCH_BYTES` of jobs) with room to spare; larger ones (a user's arrays, say) still
+get a mapping of their own, given back when freed."""
 TRIM_BYTES = 16 * 1024 * 1024
 """Free memory at the heap's top beyond this goes back to the system: a few windows' worth."""
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
@@ -26,7 +27,8 @@ _USERS_OWN = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLE
 @functools.cache
 def keep_message_blocks() -> None:
     """Once a process (a fork keeps its parent's setting): a no-op where the C library is not
-    glibc, or where the user tunes its allocator themselves."""
+    glibc, or where the user tunes its allocator themselves (any of `_USERS_OWN` set: which is
+    also how to opt out, with ``MALLOC_MMAP_THRESHOLD_=131072``, glibc's default threshold)."""
     if any(name in os.environ for name in _USERS_OWN):
         return
     import ctypes  # here: only a process that moves messages pays for importing it

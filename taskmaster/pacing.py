@@ -37,7 +37,9 @@ class Pacing:
         # yields, so it always runs alone. The window follows what really overlaps, or a
         # CPU-bound slave would ask for ten times what it can do and starve the others.
         ahead = SLAVE_WORK_AHEAD_S * self.overlap / self.job_s
-        self.window = int(min(MAX_WINDOW_JOBS, max(2 * self.concurrency, ahead)))
+        if self.timed >= self.concurrency:
+            # (Not before: the batches that come meanwhile are cut into single jobs.)
+            self.window = int(min(MAX_WINDOW_JOBS, max(2 * self.concurrency, ahead)))
 
     def piece_size(self, jobs: int, alone: bool) -> int:
         """Jobs per piece for a batch of ``jobs`` (a suspect runs one job at a time).

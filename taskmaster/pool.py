@@ -64,6 +64,13 @@ class Isolation:
 PieceDone = Callable[[Piece, Failures], None]
 
 
+def _loop_iteration() -> int | None:
+    """How many times gevent's loop has run (None where the loop does not say: then every
+    piece is taken as one that never let it run, as all were before)."""
+    iteration: int | None = getattr(gevent.get_hub().loop, "iteration", None)
+    return iteration
+
+
 class WorkerPool:
     """``concurrency`` greenlets running ``handle_job`` on the holdings' pieces. After each
     piece, ``done(piece, failures)`` and then ``between()`` (the slave reads its socket)."""
@@ -119,6 +126,7 @@ class WorkerPool:
                 self._work.wait(STEAL_AFTER_S if self.running else None)
                 continue
             self.running += 1
+            iteration = _loop_iteration()
             self.pacing.started(self.running)
             self._isolation.enter(piece.alone)
             started = time.perf_counter()
@@ -134,11 +142,18 @@ class WorkerPool:
             self.pacing.finished(time.perf_counter() - started, len(piece.jobs))
             self._done(piece, failures)
             self._between()
-            # The others' turn (the socket was read just now, in `_between`). Not
-            # gevent.idle(): under hundreds of waiting jobs the loop is seldom idle, and
-            # greenlets held there left a quarter of a 500-greenlet pool unused (10 ms jobs
-            # through tm-run: 52 k/s, 62 k/s with this).
-            gevent.sleep(0)
+            # The others' turn (the socket was read just now, in `_between`). After a piece
+            # that waited, the loop has run meanwhile: sleep(0), since under hundreds of
+            # waiting jobs the loop is seldom idle, and greenlets held in gevent.idle() left
+            # a quarter of a 500-greenlet pool unused (10 ms jobs through tm-run: 52 k/s, 62
+            # k/s with this). After one that never let it run (CPU-bound), idle(): gevent
+            # looks at its timers only every 50 ready greenlets, and 50 pieces of 50 ms kept
+            # the slave's own loop (its held-back acknowledgements, a stop signal) waiting
+            # for 2.5 s.
+            if iteration is not None and _loop_iteration() != iteration:
+                gevent.sleep(0)
+            else:
+                gevent.idle()
 
     def _steal(self) -> Piece | None:
         """The jobs not yet reached of a piece that has run for `STEAL_AFTER_S` (a job in it

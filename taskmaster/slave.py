@@ -83,6 +83,7 @@ class Slave:
         self._exit: int | None = None
         self._last_heard = time.monotonic()
         self._beat_at = float("-inf")  # when the heartbeat thread last sent one
+        self._beat_seen = -1  # and the master's counter then
 
     @property
     def name(self) -> str:
@@ -267,12 +268,16 @@ class Slave:
         """Our heartbeat, or None this time: while we hold nothing a heartbeat only says we
         live, which the master needs every `Session.idle_beat_s` (a thousand idle slaves
         beating each second cost a master more than all else it did then)."""
-        # Runs on the heartbeat thread: reads attributes only, and `_beat_at`, its own.
+        # Runs on the heartbeat thread: reads attributes only, and its own `_beat_at`,
+        # `_beat_seen`. A message from the master since our last beat is answered on the
+        # next tick in any case: its ``seen`` is how the master finds a batch lost on the
+        # way to us (and it pings a slave holding its batches every interval).
         held, started = self.holdings.snapshot()
-        now = time.monotonic()
+        now, seen = time.monotonic(), self.session.master_counter
         # (Half a tick early rather than a tick late: the thread wakes once an interval.)
         quiet_s = self.session.idle_beat_s - HEARTBEAT_INTERVAL_S / 2
-        if not held and self.session.joined and now - self._beat_at < quiet_s:
+        if (not held and self.session.joined and seen == self._beat_seen
+                and now - self._beat_at < quiet_s):
             return None
-        self._beat_at = now
+        self._beat_at, self._beat_seen = now, seen
         return self.session.knock(held, started, beat=True)

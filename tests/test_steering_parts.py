@@ -257,7 +257,12 @@ def test_a_slave_beats_each_tick_while_it_holds_jobs_or_knocks_and_seldom_when_i
     slave.session.key = SECRET
     welcome = slave.session.accept(seal(p.Welcome(1, slave.session.nonce, 30_000)))
     assert welcome is not None and slave.session.join(welcome, welcome.message)  # type: ignore[arg-type]
+    assert slave._beat() is not None, "the WELCOME is news: the next tick answers it"
     assert slave._beat() is None, "holding nothing, a beat a tick on says nothing new"
+    assert slave.session.accept(seal(p.Ping())) is not None
+    beat = slave._beat()
+    assert beat is not None and beat.seen == slave.session.master_counter, "a PING is news"
+    assert slave._beat() is None
     slave.holdings.add(5, slave.session.epoch, [1, 2], False, 2)
     beat = slave._beat()
     assert beat is not None and beat.held == frozenset({5}), "holding jobs, every tick"
