@@ -84,6 +84,7 @@ class Slave:
         self._last_heard = time.monotonic()
         self._beat_at = float("-inf")  # when the heartbeat thread last sent one
         self._beat_seen = -1  # and the master's counter then
+        self._eager_until = 0.0  # beat every tick until then (see `_connected`)
 
     @property
     def name(self) -> str:
@@ -96,7 +97,8 @@ class Slave:
         self.sock = SlaveSocket(self.cfg.address, self.ident, self.curve,
                                 max_bytes=self.cfg.max_message_bytes)
         stop_beats = start_heartbeat_thread(self.cfg.address, self.ident, self.watchdog,
-                                            HEARTBEAT_INTERVAL_S, self.curve)
+                                            HEARTBEAT_INTERVAL_S, self.curve,
+                                            connected=self._connected)
         self.pool.start(self._crashed)
         log.info("slave %s: %d greenlets, master %s", self.name, self.cfg.concurrency,
                  self.cfg.address)
@@ -264,6 +266,12 @@ class Slave:
     def _send(self, message: p.Message) -> None:
         self.sock.send(self.session.seal(message))
 
+    def _connected(self) -> None:
+        """The heartbeat thread's socket (re)connected: perhaps to a master that restarted,
+        which knows us only once we beat. Every tick for a while, then, even holding nothing
+        (a beat sent while the connection was still being made is dropped)."""
+        self._eager_until = time.monotonic() + JOIN_FAST_S
+
     def _beat(self) -> p.Heartbeat | None:
         """Our heartbeat, or None this time: while we hold nothing a heartbeat only says we
         live, which the master needs every `Session.idle_beat_s` (a thousand idle slaves
@@ -277,7 +285,7 @@ class Slave:
         # (Half a tick early rather than a tick late: the thread wakes once an interval.)
         quiet_s = self.session.idle_beat_s - HEARTBEAT_INTERVAL_S / 2
         if (not held and self.session.joined and seen == self._beat_seen
-                and now - self._beat_at < quiet_s):
+                and now - self._beat_at < quiet_s and now >= self._eager_until):
             return None
         self._beat_at, self._beat_seen = now, seen
         return self.session.knock(held, started, beat=True)

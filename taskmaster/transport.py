@@ -347,12 +347,15 @@ must end now (its watchdog says so), what ends it once they are on their way."""
 
 
 def start_heartbeat_thread(address: str, identity: bytes, beat: Beat, interval_s: float,
-                           curve: Curve | None = None) -> Callable[[], None]:
+                           curve: Curve | None = None,
+                           connected: Callable[[], None] | None = None) -> Callable[[], None]:
     """Send what ``beat()`` makes every ``interval_s`` from a real OS thread; return a stopper.
 
     A real thread with its own (non-gevent) socket keeps beating while a user's callback
     holds the CPU without ever yielding to the gevent hub; for the same reason it is where a
-    slave's watchdog acts (``beat`` returns how to end the process).
+    slave's watchdog acts (``beat`` returns how to end the process). ``connected()`` is
+    called in that thread, before the next beat, whenever its socket has (re)connected to a
+    master: one that restarted, say, which has to hear from the slave to know it.
     """
     start_thread = gevent.monkey.get_original("_thread", "start_new_thread")
     allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
@@ -369,11 +372,18 @@ def start_heartbeat_thread(address: str, identity: bytes, beat: Beat, interval_s
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_FIRST_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         sock.connect(address)
         end: Callable[[], None] | None = None
         try:
             # The lock doubles as an interruptible sleep: released means "stop now".
             while end is None and not stopped.acquire(True, interval_s):
+                reconnected = False
+                while monitor.poll(0):
+                    monitor.recv_multipart()
+                    reconnected = True
+                if reconnected and connected is not None:
+                    connected()
                 messages, end = beat()
                 for frames in messages:
                     # A master that is not there right now gets the next beat instead.
@@ -381,6 +391,8 @@ def start_heartbeat_thread(address: str, identity: bytes, beat: Beat, interval_s
                         sock.send_multipart(frames, flags=zmq.NOBLOCK)
         finally:
             # Last words are given a second to leave before the process ends.
+            sock.disable_monitor()
+            monitor.close(linger=0)
             sock.close(linger=1000 if end is not None else 0)
             ctx.term()
         if end is not None:

@@ -270,6 +270,9 @@ def test_a_slave_beats_each_tick_while_it_holds_jobs_or_knocks_and_seldom_when_i
     slave._beat_at -= IDLE_BEAT_S  # as if that much time had passed since
     slave.holdings = type(slave.holdings)()
     assert slave._beat() is not None, "idle, but the idle interval is over"
+    assert slave._beat() is None
+    slave._connected()  # its heartbeat socket reconnected: a master restarted, perhaps
+    assert slave._beat() is not None and slave._beat() is not None, "eager after that"
 
 
 @pytest.mark.parametrize("field", ["lease_timeout_s", "stop_wait_s"])
