@@ -66,6 +66,7 @@ from taskmaster.config import (
     RECONNECT_FIRST_MS,
     RECONNECT_MAX_MS,
 )
+from taskmaster.fields import millis
 from taskmaster.session import Session
 from taskmaster.settings import signing_key
 
@@ -83,7 +84,7 @@ welcomed knocks only once a second."""
 BEAT_GOAL_PERCENT = 5.0
 CONCURRENCY = 10
 """What each simulated slave says in READY (the master uses it only for large jobs)."""
-PATIENCE_MS = round(DEFAULT_MASTER_TIMEOUT_S * 1000)
+PATIENCE_MS = millis(DEFAULT_MASTER_TIMEOUT_S)
 """And its --master-timeout, as a tm-slave says it: the default."""
 STARTUP_TIMEOUT_S = 30.0
 JOIN_TIMEOUT_S = 60.0
@@ -119,9 +120,9 @@ slaves that get a batch from then on."""
 class SimSlave:
     """One simulated slave: its two sockets, its session with the master, what it holds."""
 
-    __slots__ = ("batches", "beat_at", "beat_seal", "beat_seen", "beat_sock", "busy", "fed_mark",
-                 "finish_at", "finished", "ident", "index", "joined_at", "last_heard", "running",
-                 "session", "sock", "to_ack")
+    __slots__ = ("batches", "beat_seal", "beat_sock", "busy", "fed_mark", "finish_at",
+                 "finished", "ident", "index", "joined_at", "last_heard", "running", "session",
+                 "sock", "to_ack")
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], index: int, ident: bytes,
                  key: bytes | None, beats_on_main: bool) -> None:
@@ -145,8 +146,6 @@ class SimSlave:
         self.fed_mark = 0.0
         """The driver's mark when it last got a batch."""
         self.finished = False
-        self.beat_at = float("-inf")
-        self.beat_seen = -1
 
     def connect(self, address: str) -> None:
         self.sock.connect(address)
@@ -158,18 +157,6 @@ class SimSlave:
             self.sock.send_multipart(self.session.seal(message), flags=zmq.NOBLOCK)
         except zmq.Again:
             return False  # not connected yet (IMMEDIATE): dropped, as a tm-slave's would be
-        return True
-
-    def beat_due(self, now: float) -> bool:
-        """Whether the heartbeat thread would beat on this tick, as `Slave._beat` decides:
-        each one, but holding nothing and told nothing new, only once every
-        `Session.idle_beat_s`."""
-        quiet_s = self.session.idle_beat_s - HEARTBEAT_INTERVAL_S / 2
-        seen = self.session.master_counter
-        if (not self.batches and self.session.joined and seen == self.beat_seen
-                and now - self.beat_at < quiet_s):
-            return False
-        self.beat_at, self.beat_seen = now, seen
         return True
 
     def beat(self) -> bool:
@@ -297,8 +284,8 @@ class Generator:
             if not s.session.joined and now - s.last_heard < JOIN_FAST_S:
                 self._knock(s, now)
         elif kind == BEAT:
-            if not s.beat_due(now):
-                pass
+            if not s.session.beat_due(bool(s.batches), now):
+                pass  # a tm-slave's heartbeat thread would not beat on this tick either
             elif s.beat():
                 self.n[BEATS] += 1
             else:

@@ -8,10 +8,11 @@ epoch is for a run we have left; one whose counter does not grow is a replay (wh
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from . import protocol as p
-from .config import HEARTBEAT_INTERVAL_S, IDLE_BEAT_S
+from .config import HEARTBEAT_INTERVAL_S, IDLE_BEAT_S, JOIN_FAST_S
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ class Session:
         self.idle_beat_s = HEARTBEAT_INTERVAL_S
         """How often to beat while we hold nothing: `IDLE_BEAT_S`, or a quarter of the
         master's lease timeout if its WELCOME said a shorter one."""
+        # The beat schedule (`beat_due`, `reconnected`): only the heartbeat thread uses it.
+        self._beat_at = float("-inf")  # when we last beat
+        self._beat_seen = -1  # and the master's counter then
+        self._eager_until = 0.0  # beat every tick until then
 
     @property
     def epoch(self) -> bytes:
@@ -80,6 +85,26 @@ class Session:
         self.master_counter = envelope.counter
         self.idle_beat_s = p.idle_interval(welcome.lease_ms, IDLE_BEAT_S)
         return True
+
+    def beat_due(self, holding: bool, now: float) -> bool:
+        """Whether to beat on this tick (the heartbeat thread ticks every interval): always
+        while we hold jobs or knock, and after any message from the master, whose ``seen``
+        in our beat is how it finds a batch lost on the way to us; else, holding nothing, a
+        beat only says we live, which the master needs every `idle_beat_s` (a thousand idle
+        slaves beating each second cost a master more than all else it did then)."""
+        # (Half a tick early rather than a tick late: the thread wakes once an interval.)
+        quiet_s = self.idle_beat_s - HEARTBEAT_INTERVAL_S / 2
+        if (not holding and self.joined and self.master_counter == self._beat_seen
+                and now - self._beat_at < quiet_s and now >= self._eager_until):
+            return False
+        self._beat_at, self._beat_seen = now, self.master_counter
+        return True
+
+    def reconnected(self) -> None:
+        """Our heartbeat socket (re)connected: perhaps to a master that restarted, which knows
+        us only once we beat. Every tick for a while, then, even holding nothing (a beat sent
+        while the connection was still being made is dropped)."""
+        self._eager_until = time.monotonic() + JOIN_FAST_S
 
     def knock(self, held: frozenset[int] | None = None,
               started: frozenset[int] | None = None, beat: bool = False) -> p.Heartbeat:

@@ -82,9 +82,6 @@ class Slave:
         self._stopping = False
         self._exit: int | None = None
         self._last_heard = time.monotonic()
-        self._beat_at = float("-inf")  # when the heartbeat thread last sent one
-        self._beat_seen = -1  # and the master's counter then
-        self._eager_until = 0.0  # beat every tick until then (see `_connected`)
 
     @property
     def name(self) -> str:
@@ -98,7 +95,7 @@ class Slave:
                                 max_bytes=self.cfg.max_message_bytes)
         stop_beats = start_heartbeat_thread(self.cfg.address, self.ident, self.watchdog,
                                             HEARTBEAT_INTERVAL_S, self.curve,
-                                            connected=self._connected)
+                                            connected=self.session.reconnected)
         self.pool.start(self._crashed)
         log.info("slave %s: %d greenlets, master %s", self.name, self.cfg.concurrency,
                  self.cfg.address)
@@ -266,26 +263,11 @@ class Slave:
     def _send(self, message: p.Message) -> None:
         self.sock.send(self.session.seal(message))
 
-    def _connected(self) -> None:
-        """The heartbeat thread's socket (re)connected: perhaps to a master that restarted,
-        which knows us only once we beat. Every tick for a while, then, even holding nothing
-        (a beat sent while the connection was still being made is dropped)."""
-        self._eager_until = time.monotonic() + JOIN_FAST_S
-
     def _beat(self) -> p.Heartbeat | None:
-        """Our heartbeat, or None this time: while we hold nothing a heartbeat only says we
-        live, which the master needs every `Session.idle_beat_s` (a thousand idle slaves
-        beating each second cost a master more than all else it did then)."""
-        # Runs on the heartbeat thread: reads attributes only, and its own `_beat_at`,
-        # `_beat_seen`. A message from the master since our last beat is answered on the
-        # next tick in any case: its ``seen`` is how the master finds a batch lost on the
-        # way to us (and it pings a slave holding its batches every interval).
+        """Our heartbeat, or None on a tick with nothing to say (`Session.beat_due`)."""
+        # Runs on the heartbeat thread: reads attributes only (the session's beat schedule
+        # is that thread's own).
         held, started = self.holdings.snapshot()
-        now, seen = time.monotonic(), self.session.master_counter
-        # (Half a tick early rather than a tick late: the thread wakes once an interval.)
-        quiet_s = self.session.idle_beat_s - HEARTBEAT_INTERVAL_S / 2
-        if (not held and self.session.joined and seen == self._beat_seen
-                and now - self._beat_at < quiet_s and now >= self._eager_until):
+        if not self.session.beat_due(bool(held), time.monotonic()):
             return None
-        self._beat_at, self._beat_seen = now, seen
         return self.session.knock(held, started, beat=True)

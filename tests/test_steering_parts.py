@@ -267,11 +267,11 @@ def test_a_slave_beats_each_tick_while_it_holds_jobs_or_knocks_and_seldom_when_i
     beat = slave._beat()
     assert beat is not None and beat.held == frozenset({5}), "holding jobs, every tick"
     assert slave._beat() is not None
-    slave._beat_at -= IDLE_BEAT_S  # as if that much time had passed since
+    slave.session._beat_at -= IDLE_BEAT_S  # as if that much time had passed since
     slave.holdings = type(slave.holdings)()
     assert slave._beat() is not None, "idle, but the idle interval is over"
     assert slave._beat() is None
-    slave._connected()  # its heartbeat socket reconnected: a master restarted, perhaps
+    slave.session.reconnected()  # its heartbeat socket reconnected: a master restarted, perhaps
     assert slave._beat() is not None and slave._beat() is not None, "eager after that"
 
 
