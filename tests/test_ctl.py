@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_faults import check_ledger
+from test_faults import check_ledger, state
 from test_supervision import Run
 
 from procs import Proc, Procs, wait_for
@@ -146,11 +146,20 @@ def test_max_failures_count_stops_a_failure_storm_and_a_restart_resumes(
     # have: each holds about SLAVE_WORK_AHEAD_S of work (some 1 000 of these jobs) at most.
     assert 10 <= len(recorded) < n // 5, len(recorded)
     assert len({r["seq"] for r in recorded}) == len(recorded)
+    cp = state(run.state)
+    resume = int(cp["resume_seq"]) if cp["has_last"] else 0  # type: ignore[call-overload]
     # Fixed: the same command resumes, and runs every job not settled yet.
     again = run.tm_run(2, f"count={n}", "--max-failures", "10")
     assert again.wait(RUN_S) == 1, again.output  # the recorded failures stay failures
     settled = {int(r["seq"]) for r in recorded}  # type: ignore[call-overload]
-    check_ledger("--max-failures N, then resumed", run.jobs(), set(range(n)) - settled)
+    # A job settled after the resume point may run again (DESIGN 2): the jobs a slave handed
+    # back unbegun can lie before failures the other slave recorded meanwhile. No other
+    # recorded failure runs again.
+    may_rerun = {seq for seq in settled if seq >= resume}
+    ran = set(run.jobs())
+    check_ledger("--max-failures N, then resumed", run.jobs(),
+                 (set(range(n)) - settled) | (ran & may_rerun),
+                 note=f"{len(ran & may_rerun)} recorded after the resume point ran again")
 
 
 def test_max_failures_percent_waits_for_a_hundred_settled_jobs(
