@@ -155,11 +155,10 @@ def test_max_failures_count_stops_a_failure_storm_and_a_restart_resumes(
     # A job settled after the resume point may run again (DESIGN 2): the jobs a slave handed
     # back unbegun can lie before failures the other slave recorded meanwhile. No other
     # recorded failure runs again.
-    may_rerun = {seq for seq in settled if seq >= resume}
-    ran = set(run.jobs())
-    check_ledger("--max-failures N, then resumed", run.jobs(),
-                 (set(range(n)) - settled) | (ran & may_rerun),
-                 note=f"{len(ran & may_rerun)} recorded after the resume point ran again")
+    jobs = run.jobs()
+    reran = {seq for seq in settled if seq >= resume} & set(jobs)
+    check_ledger("--max-failures N, then resumed", jobs, (set(range(n)) - settled) | reran,
+                 note=f"{len(reran)} recorded after the resume point ran again")
 
 
 def test_max_failures_percent_waits_for_a_hundred_settled_jobs(
