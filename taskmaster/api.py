@@ -106,10 +106,11 @@ def run(get_jobs: Callable[..., Any], handle_job: Callable[[Any], Any], processe
     if opts["address"] is not None and asks_for_a_port(opts["address"]):
         raise ConfigError(f"address {opts['address']!r}: taskmaster.run forks its slaves "
                           "before the master binds, so it needs the port itself (or no address)")
-    # A run of our own: a private endpoint, and a secret of its own, as with tm-run.
+    # A run of our own, as with tm-run: a private endpoint, and other users kept out of it.
     own = OwnRun.make(opts["address"], opts["secret_file"])
     cfg = master_config(get_target, _kwargs(kwargs), own.address, opts,
-                        progress=not opts["no_progress"], secret=own.secret)
+                        progress=not opts["no_progress"], secret=own.secret,
+                        same_user=own.same_user)
     slave_cfg = slave_config(handle_target, cfg.address, opts, progress=False,
                              secret=own.secret)
     from .green import switch_on

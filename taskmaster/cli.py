@@ -48,9 +48,10 @@ from .target import Target, parse_kwargs
 log = logging.getLogger("taskmaster")
 
 def _master_config(target: str, pairs: tuple[str, ...], address: str, opts: dict[str, Any],
-                   no_progress: bool, secret: bytes | None = None) -> MasterConfig:
+                   no_progress: bool, secret: bytes | None = None,
+                   same_user: bool = False) -> MasterConfig:
     return master_config(Target.parse(target, "get_jobs"), parse_kwargs(pairs), address, opts,
-                         progress=not no_progress, secret=secret)
+                         progress=not no_progress, secret=secret, same_user=same_user)
 
 
 def _slave_config(target: str, address: str, opts: dict[str, Any],
@@ -197,7 +198,8 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
         own = OwnRun.make(address, opts["secret_file"])
 
         try:
-            cfg = _master_config(script, pairs, own.address, opts, no_progress, own.secret)
+            cfg = _master_config(script, pairs, own.address, opts, no_progress, own.secret,
+                                 own.same_user)
             slave_cfg = _slave_config(script, cfg.address, opts, True, own.secret)
             switch_on()
             from .runner import run_here

@@ -77,7 +77,8 @@ DONE_LINGER_S = 2.0
 FAREWELL_POLL_S = 0.002
 """How often, meanwhile, it looks whether they have: tm-run's end waits on it."""
 DROP_LOG_INTERVAL_S = 10.0
-"""Least time between two log lines about dropped messages: a flood must not flood the log."""
+"""Least time between two log lines about dropped messages or refused connections: a flood
+must not flood the log."""
 BEAT_GATHER_S = 0.01
 """After a heartbeat, when nothing else is waiting, how long the master lets pass before it
 takes the next message. A heartbeat asks for no answer, and a thousand slaves' heartbeats come

@@ -109,7 +109,7 @@ class Master:
                              first_bid=random.getrandbits(48),
                              policy=Redelivery(cfg.max_retries, cfg.max_deaths))
         curve = load_curve(cfg.curve_dir, "master") if cfg.curve_dir else None
-        self.sock = MasterSocket(cfg.address, MAX_MESSAGE_BYTES, curve)
+        self.sock = MasterSocket(cfg.address, MAX_MESSAGE_BYTES, curve, same_user=cfg.same_user)
         self._resources.append(self.sock)
         key, epoch = signing_key(cfg.secret), p.new_epoch()
         self.handout = Handout(self.ledger, self.registry, self.checkpointer, self.sock.send,
@@ -138,7 +138,8 @@ class Master:
                         checkpointer=self.checkpointer, progress=self.progress,
                         check_complete=self.check_complete,
                         also=[every(CONTROL_SAMPLE_S, self.control.sample),
-                              self.control.check_limits])
+                              self.control.check_limits,
+                              *([self.sock.gate.tell] if self.sock.gate is not None else [])])
         for body in (self._feed, self._receive, upkeep.run):
             greenlet = gevent.spawn(body)
             greenlet.link_exception(self._crashed)
@@ -157,6 +158,8 @@ class Master:
             self.checkpointer.retry(self.ledger)
             saved = self.checkpointer.save(self.ledger, force=True)
         self.progress.close()
+        if self.sock.gate is not None:
+            self.sock.gate.tell(time.monotonic(), last=True)
         outcome = Outcome(*self._totals(), signal=self.signals.requested, error=self._error)
         report_end(outcome, self.ledger.stats, dropped=self.exchange.dropped,
                    elapsed_s=time.monotonic() - self.started,

@@ -164,6 +164,9 @@ class MasterConfig:
     secret_file: Path | None = None
     insecure: bool = False
     curve_dir: Path | None = None
+    same_user: bool = False
+    """Only this user's processes may connect, on the kernel's word (tm-run's own socket):
+    see gate.py."""
 
     def __post_init__(self) -> None:
         check_address(self.address)
@@ -208,9 +211,12 @@ class MasterConfig:
     @property
     def security(self) -> str:
         """How the run's messages are protected, in a few words for the log."""
+        curve = ", Curve-encrypted" if self.curve_dir else ""
+        if self.same_user:
+            return "unsigned: only this user's processes may connect, on the kernel's word" + curve
         if self.secret is None:
             return "no shared secret: loopback only" if not self.insecure else "INSECURE: unsigned"
-        return "signed with the shared secret" + (", Curve-encrypted" if self.curve_dir else "")
+        return "signed with the shared secret" + curve
 
 
 @dataclass
@@ -260,9 +266,11 @@ MIB = 1024 * 1024
 
 
 def master_config(target: Target, kwargs: dict[str, Any], address: str, opts: dict[str, Any],
-                  *, progress: bool, secret: bytes | None = None) -> MasterConfig:
+                  *, progress: bool, secret: bytes | None = None,
+                  same_user: bool = False) -> MasterConfig:
     """The master's configuration from a command's options (by their click names);
-    ``secret``: the run's own, when there is neither a --secret-file nor $TASKMASTER_SECRET."""
+    ``secret``: the run's own, when there is neither a --secret-file nor $TASKMASTER_SECRET;
+    ``same_user``: see `OwnRun`."""
     return MasterConfig(
         target=target, kwargs=kwargs, address=address,
         size=opts["size"], state_path=opts["state_file"], failures_path=opts["failures_file"],
@@ -274,7 +282,7 @@ def master_config(target: Target, kwargs: dict[str, Any], address: str, opts: di
         rate=opts["rate"], max_failures=(MaxFailures.parse(str(opts["max_failures"]))
                                          if opts["max_failures"] is not None else None),
         progress=progress, own_secret=secret is not None,
-        secret_file=opts["secret_file"], **_security(opts, secret))
+        secret_file=opts["secret_file"], same_user=same_user, **_security(opts, secret))
 
 
 def slave_config(target: Target, address: str, opts: dict[str, Any], *, progress: bool,
@@ -302,30 +310,39 @@ def _security(opts: dict[str, Any], secret: bytes | None = None) -> dict[str, An
 class OwnRun:
     """What tm-run (and `taskmaster.run`) make for a run of their own: an endpoint no other run
     can collide with, known before binding so that the slaves can be forks started while the
-    master starts; and, unless the user gave one, a secret of the run's own, so that other
-    local users cannot join it: given to the slaves (forks get it in their config, others in
+    master starts; and a way to keep other local users out of it.
+
+    On Linux, without an address or a secret from the user: a socket of the abstract namespace,
+    which the master lets only this user's processes connect to, on the kernel's word
+    (``same_user``, see gate.py); its messages go unsigned. Otherwise, unless the user gave a
+    secret, one of the run's own: given to the slaves (forks get it in their config, others in
     ``env``), never put in this process's own environment."""
 
     address: str
     secret: bytes | None
     env: dict[str, str]
     rundir: Path | None = None
+    same_user: bool = False
 
     @classmethod
     def make(cls, address: str | None, secret_file: Path | None) -> OwnRun:
         """``address``: the user's, if they gave one."""
         env = dict(os.environ)
+        users_secret = secret_file is not None or bool(env.get(SECRET_ENV))
+        # A socket of the abstract namespace has no file, so nothing to leave behind whatever
+        # ends us; the kernel names each peer's user, so no secret is needed to keep others
+        # out, nor HMAC over every message.
+        if address is None and not users_secret and sys.platform.startswith("linux"):
+            return cls(f"ipc://@taskmaster-{secrets.token_hex(8)}", None, env, same_user=True)
         secret = None
-        if secret_file is None and not env.get(SECRET_ENV):
+        if not users_secret:
             env[SECRET_ENV] = secrets.token_hex(32)
             secret = env[SECRET_ENV].encode()
         if address is not None:
             return cls(address, secret, env)
-        # On Linux, a socket of the abstract namespace: no file, so nothing to leave behind
-        # whatever ends us (the run's secret, not a file's permissions, keeps others out).
-        # Elsewhere, a socket file in a fresh private directory.
-        if sys.platform.startswith("linux"):
+        if sys.platform.startswith("linux"):  # the user's secret keeps others out
             return cls(f"ipc://@taskmaster-{secrets.token_hex(8)}", secret, env)
+        # Elsewhere, a socket file in a fresh private directory.
         rundir = Path(tempfile.mkdtemp(prefix="tm-run-"))
         return cls(f"ipc://{rundir}/master", secret, env, rundir)
 

@@ -1,5 +1,5 @@
-"""With curve.py (the keys), the only module that touches ZeroMQ: socket set-up, and ZeroMQ
-errors turned into ours.
+"""With curve.py (the keys) and gate.py (who may connect), the only module that touches
+ZeroMQ: socket set-up, and ZeroMQ errors turned into ours.
 
 No retries and no sleeps hide in here; what to do when a peer is gone is the caller's call.
 """
@@ -29,6 +29,7 @@ from .config import (
 )
 from .curve import Curve, load_curve
 from .errors import InternalError, TransportError
+from .gate import Gate
 from .heap import keep_message_blocks
 from .protocol import HEARTBEAT_SUFFIX, Gone, Seal
 from .settings import signing_key
@@ -65,11 +66,13 @@ class MasterSocket:
     """
 
     def __init__(self, address: str, max_bytes: int = MAX_MESSAGE_BYTES,
-                 curve: Curve | None = None) -> None:
+                 curve: Curve | None = None, same_user: bool = False) -> None:
+        """``same_user``: only processes of this user may connect (see gate.py)."""
         keep_message_blocks()
         self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
         if curve is not None:
             curve.apply(self._sock, server=True)
+        self.gate = Gate.guard(self._sock) if same_user else None
         # Sending to a slave that has gone must raise, not vanish silently: it tells us the
         # slave is gone sooner than the lease timeout would.
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

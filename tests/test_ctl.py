@@ -106,7 +106,7 @@ def test_tm_ctl_finds_tm_run_by_its_state_file_and_changes_its_rate(
     tm_run = run.tm_run(2, f"count={n}", "--rate", "20")
     run.wait_ledger(10, tm_run)
     control = Path(str(run.state) + ".ctl")
-    assert control.stat().st_mode & 0o777 == 0o600  # it holds tm-run's own secret
+    assert control.stat().st_mode & 0o777 == 0o600  # it would hold a secret tm-run made
     s = status(procs, "--state-file", str(run.state))
     assert s["rate_limit"] == 20 and len(s["slaves"]) == 2  # type: ignore[arg-type]
     changed = ctl(procs, "rate", "off", "--state-file", str(run.state))

@@ -20,6 +20,8 @@ import os
 import pickle
 import re
 import secrets
+import select
+import signal
 import stat
 import subprocess
 import sys
@@ -39,6 +41,7 @@ from master_parts import SLAVE, Parts
 from procs import ANY_PORT, Proc, Procs, listening_on, read_ledger, wait_for
 from taskmaster import protocol as p
 from taskmaster.config import MAX_MESSAGE_BYTES
+from taskmaster.gate import peer_ids
 from taskmaster.settings import signing_key
 
 NO_EPOCH = p.NO_EPOCH
@@ -577,14 +580,95 @@ def handle_job(job):
 """
 
 
-def test_tm_runs_own_secret_stays_out_of_its_environment(procs: Procs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("given_address", [False, True], ids=["own socket", "given address"])
+def test_tm_runs_own_secret_stays_out_of_its_environment(procs: Procs, tmp_path: Path,
+                                                         given_address: bool) -> None:
     script, ledger = tmp_path / "own_env.py", tmp_path / "ledger"
     script.write_text(OWN_ENV_SCRIPT)
-    run = procs.run("tm-run", str(script), "1", "--no-progress", timeout=60,
+    address = ["--address", f"ipc://{tmp_path}/given"] if given_address else []
+    run = procs.run("tm-run", str(script), "1", "--no-progress", *address, timeout=60,
                     env=env(LEDGER=str(ledger)))
     assert run.code == 0, run.output
-    assert "signed with the shared secret" in run.output  # the run did make one
+    if given_address:  # the run did make a secret
+        assert "signed with the shared secret" in run.output
+    elif sys.platform.startswith("linux"):  # none needed: see the next test
+        assert "unsigned: only this user's processes may connect" in run.output
     assert read_ledger(ledger) == ["master env has the secret: False"]
+
+
+NOBODY = 65534
+
+
+def knock_from_a_child(address: str, uid: int | None, timeout_s: float) -> str:
+    """Knock on the master at ``address`` from a forked child, as user ``uid`` if given (this
+    process's own if None): "welcome", or "nothing" if no WELCOME came within ``timeout_s``."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own context, never this process's, and out by os._exit
+        answer = b"error"
+        try:
+            os.close(read_end)
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            ctx = zmq.Context()
+            sock = dealer(ctx, address, b"outsider")  # a slave names itself so
+            sock.send_multipart(p.pack(p.HEARTBEAT, ["outsider", "n", None, None, False, 0, 0],
+                                       epoch=NO_EPOCH, counter=1, key=None))
+            frames = recv_within(sock, timeout_s)
+            answer = b"nothing" if frames is None else (
+                b"welcome" if raw(frames, None, p.MASTER_KINDS).kind == p.WELCOME else b"other")
+            sock.close(0)
+            ctx.term()
+        finally:
+            os.write(write_end, answer)
+            os._exit(0)
+    os.close(write_end)
+    try:
+        # The child is bounded by timeout_s; this is the bound on a child that hangs anyway.
+        if not select.select([read_end], [], [], timeout_s + 20)[0]:
+            os.kill(pid, signal.SIGKILL)
+        answer = os.read(read_end, 64).decode()
+    finally:
+        os.close(read_end)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets are Linux's")
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming another user takes root")
+def test_only_the_runs_own_user_may_join_tm_runs_own_socket(procs: Procs,
+                                                           tmp_path: Path) -> None:
+    # tm-run's own socket has no file, so no permissions: any local process can reach it. Its
+    # messages go unsigned; what keeps other users out is the user the kernel names for each
+    # connection. A process of another user gets nothing, and the master says so.
+    ledger, gate, count = tmp_path / "ledger", tmp_path / "gate", 50
+    run = procs.start("tm-run", "gated_jobs", "1", f"count={count}", "--no-progress",
+                      "--state-file", str(tmp_path / "run.tmstate"),
+                      env=env(LEDGER=str(ledger), GATE=str(gate)))
+    address = listening_on(run)
+    assert address.startswith("ipc://@"), run.output
+    assert "unsigned: only this user's processes may connect" in run.output
+    assert knock_from_a_child(address, NOBODY, timeout_s=3) == "nothing"
+    run.expect(rf"refused \d+ connection\(s\) from other users' processes "
+               rf"\(the last: uid {NOBODY} \(pid \d+\)\)", timeout=10)
+    # The same knock from this user is let in: the refusal was the user, not the knock.
+    assert knock_from_a_child(address, None, timeout_s=10) == "welcome"
+    gate.touch()
+    assert run.wait(60) == 0, run.output
+    assert_complete(ledger, count)
+
+
+@pytest.mark.parametrize(("address", "ids"), [
+    (b"localhost:1000:1001:4242", (1000, 4242)),  # a local socket: uid, gid, pid
+    (b"127.0.0.1", None), (b"::1", None), (b"", None),  # TCP names no user
+    (b"localhost:x:1:2", None), (b"localhost:1:2", None), (b"otherhost:1:2:3", None),
+])
+def test_peer_ids_come_only_from_a_local_sockets_credentials(address: bytes,
+                                                             ids: tuple[int, int] | None) -> None:
+    assert peer_ids(address) == ids
 
 
 def test_too_short_or_unreadable_secret_is_refused(procs: Procs, tmp_path: Path) -> None:
