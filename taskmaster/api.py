@@ -112,7 +112,7 @@ def run(get_jobs: Callable[..., Any], handle_job: Callable[[Any], Any], processe
                         progress=not opts["no_progress"], secret=own.secret,
                         same_user=own.same_user)
     slave_cfg = slave_config(handle_target, cfg.address, opts, progress=False,
-                             secret=own.secret)
+                             secret=own.secret, same_user=own.same_user)
     from .green import switch_on
 
     # Late (the caller has imported what it imports), but before any greenlet of ours: the
@@ -136,7 +136,8 @@ def run(get_jobs: Callable[..., Any], handle_job: Callable[[Any], Any], processe
         if spec is None:  # a fresh interpreter could not find it: it says so, and ends
             return [sys.executable, "-c", "import sys; sys.exit('taskmaster: a slave that died "
                     "is not replaced: handle_job is not at the top of a file or module')"]
-        return slave_argv(spec, bound, opts, "WARNING", quiet_failures=True)
+        return slave_argv(spec, bound, opts, "WARNING", quiet_failures=True,
+                          same_user=own.same_user)
 
     main = gevent.getcurrent()
     started = time.monotonic()

@@ -54,10 +54,10 @@ def _master_config(target: str, pairs: tuple[str, ...], address: str, opts: dict
                          progress=not no_progress, secret=secret, same_user=same_user)
 
 
-def _slave_config(target: str, address: str, opts: dict[str, Any],
-                  no_progress: bool, secret: bytes | None = None) -> SlaveConfig:
+def _slave_config(target: str, address: str, opts: dict[str, Any], no_progress: bool,
+                  secret: bytes | None = None, same_user: bool = False) -> SlaveConfig:
     return slave_config(Target.parse(target, "handle_job"), address, opts,
-                        progress=not no_progress, secret=secret)
+                        progress=not no_progress, secret=secret, same_user=same_user)
 
 
 def _load(spec: str, default_func: str) -> Callable[..., Any]:
@@ -97,14 +97,18 @@ def master(target: str, pairs: tuple[str, ...], address: str, log_level: str,
 @address_option()
 @slave_options
 @common_options
-def slave(target: str, address: str, log_level: str, no_progress: bool, **opts: Any) -> None:
+# tm-run's restarted slaves: its own socket is unsigned, and only its user's master may serve.
+@click.option("--same-user", is_flag=True, hidden=True)
+def slave(target: str, address: str, log_level: str, no_progress: bool, same_user: bool,
+          **opts: Any) -> None:
     """Run TARGET's handle_job on jobs from the master, in a pool of greenlets."""
     setup_logging(log_level)
 
     def body() -> int:
         from .spawn import PARENT_ENV, TAG_ENV, die_with_parent
 
-        cfg = _slave_config(target, check_connectable(address), opts, no_progress)
+        cfg = _slave_config(target, check_connectable(address), opts, no_progress,
+                            same_user=same_user)
         # Started by tm-spawn or tm-run: dies with it, and is replaced by it when it asks.
         parent = os.environ.pop(PARENT_ENV, "")
         if parent.isdigit():
@@ -200,7 +204,8 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
         try:
             cfg = _master_config(script, pairs, own.address, opts, no_progress, own.secret,
                                  own.same_user)
-            slave_cfg = _slave_config(script, cfg.address, opts, True, own.secret)
+            slave_cfg = _slave_config(script, cfg.address, opts, True, own.secret,
+                                      own.same_user)
             switch_on()
             from .runner import run_here
 
@@ -213,7 +218,8 @@ def run(script: str, n: int, pairs: tuple[str, ...], address: str | None, log_le
                 handle_job))
             return run_here(cfg, get_jobs, n, env=own.env, fork=fork, cleanup=own.cleanup,
                             slave_argv=lambda bound: slave_argv(script, bound, opts, log_level,
-                                                                 quiet_failures=True))
+                                                                 quiet_failures=True,
+                                                                 same_user=own.same_user))
         finally:
             own.cleanup()
 

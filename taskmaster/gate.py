@@ -8,6 +8,11 @@ libzmq gives the handler the peer's user, group and process ids, as the kernel r
 processes of our own user. Any process it lets in could read the run's memory anyway,
 secret and all, so tm-run's own runs need no secret: their messages go unsigned. That saves
 HMAC over every byte, both ways: a third of the CPU of a run of 1 KB jobs.
+
+The slaves ask the same of their master: libzmq asks ZAP on the connecting side too. A slave
+unpickles what its master sends, and the socket's name is no secret (a restarted slave has it
+on its command line; /proc/net/unix lists it while it is bound), so another user who bound it
+first, or after our master let go of it, must get no connection from our slaves.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class Gate:
     real OS thread, started by the first socket that asks, answering until the context ends.
 
     It only counts whom it turned away (`refused`, `last_refused`): a thread of its own must
-    not take the process's logging locks, which gevent made its own; the master says so.
+    not take the process's logging locks, which gevent made its own; its socket's owner says so.
     """
 
     _current: Gate | None = None
@@ -51,7 +56,7 @@ class Gate:
         self.refused = 0
         self.last_refused = ""
         self._told, self._quiet_until = 0, float("-inf")
-        rep = ctx.socket(zmq.REP)
+        rep = zmq.Socket(ctx, zmq.REP)  # a plain one even in a green context: a thread's
         rep.setsockopt(zmq.LINGER, 0)
         rep.bind(ZAP_ENDPOINT)  # before any socket that asks for us binds
         start_thread = gevent.monkey.get_original("_thread", "start_new_thread")
@@ -59,7 +64,8 @@ class Gate:
 
     @classmethod
     def guard(cls, sock: zmq.Socket) -> Gate:
-        """Let only this user's processes connect to ``sock``; call before it binds."""
+        """Let ``sock`` connect only with processes of this user; call before it binds or
+        connects."""
         gate = cls._current
         # (A fork's copy of the parent's gate has no thread, and its context is not ours.)
         if gate is None or gate.ctx is not sock.context or gate.pid != os.getpid():
@@ -95,10 +101,10 @@ class Gate:
         return "only processes of the run's own user may connect"
 
     def tell(self, now: float, *, last: bool = False) -> None:
-        """Log whom we turned away since the last time (a master's step: see the class): at
+        """Log whom we turned away since the last time (a step of the owner's loop): at
         once, then at most once per DROP_LOG_INTERVAL_S, and what is left ``last``."""
         if self.refused > self._told and (last or now >= self._quiet_until):
-            log.warning("refused %d connection(s) from other users' processes (the last: %s): "
-                        "only this run's user may join it", self.refused - self._told,
+            log.warning("refused %d connection(s) with other users' processes (the last: %s): "
+                        "only this run's user may take part in it", self.refused - self._told,
                         self.last_refused)
             self._told, self._quiet_until = self.refused, now + DROP_LOG_INTERVAL_S

@@ -247,10 +247,16 @@ class SlaveConfig:
     secret: bytes | None = field(default=None, repr=False)
     insecure: bool = False
     curve_dir: Path | None = None
+    same_user: bool = False
+    """Talk only to a master of this user, on the kernel's word (tm-run's own socket)."""
 
     def __post_init__(self) -> None:
         check_address(self.address)
         check_exposure(self.address, self.secret, self.insecure, "slave")
+        if self.same_user and not self.address.startswith("ipc://"):
+            # Only a local socket names its peer's user: over TCP no master could be let in.
+            raise ConfigError(f"address {self.address!r}: a slave that talks only to its own "
+                              "user's master needs a local ipc:// address")
         if self.concurrency < 1:
             raise ConfigError(f"--concurrency must be at least 1, got {self.concurrency}")
         if not self.master_timeout_s > 0 or (self.job_timeout_s is not None
@@ -286,7 +292,7 @@ def master_config(target: Target, kwargs: dict[str, Any], address: str, opts: di
 
 
 def slave_config(target: Target, address: str, opts: dict[str, Any], *, progress: bool,
-                 secret: bytes | None = None) -> SlaveConfig:
+                 secret: bytes | None = None, same_user: bool = False) -> SlaveConfig:
     """A slave's configuration from a command's options (by their click names)."""
     return SlaveConfig(
         target=target, address=address,
@@ -294,7 +300,7 @@ def slave_config(target: Target, address: str, opts: dict[str, Any], *, progress
         job_timeout_s=opts["job_timeout"], max_message_bytes=opts["max_message_mb"] * MIB,
         max_jobs=opts["max_jobs"], max_memory_mb=opts["max_memory"],
         progress=progress, report_failures=not opts["quiet_failures"],
-        **_security(opts, secret))
+        same_user=same_user, **_security(opts, secret))
 
 
 def _security(opts: dict[str, Any], secret: bytes | None = None) -> dict[str, Any]:

@@ -92,7 +92,8 @@ class Slave:
     def run(self) -> int:
         """Work until the master says the run is done, a signal, or the master is gone."""
         self.sock = SlaveSocket(self.cfg.address, self.ident, self.curve,
-                                max_bytes=self.cfg.max_message_bytes)
+                                max_bytes=self.cfg.max_message_bytes,
+                                same_user=self.cfg.same_user)
         stop_beats = start_heartbeat_thread(self.cfg.address, self.ident, self.watchdog,
                                             HEARTBEAT_INTERVAL_S, self.curve,
                                             connected=self.session.reconnected)
@@ -120,6 +121,8 @@ class Slave:
             knock_s = min(JOIN_RETRY_S, JOIN_FIRST_RETRY_S * 2 ** min(knocks - 1, 16))
             frames = self.sock.recv(SLAVE_WAKE_S if self.session.joined else knock_s)
             now = time.monotonic()
+            if self.sock.gate is not None:  # a master of another user we did not talk to
+                self.sock.gate.tell(now)
             if frames is not None:
                 self._last_heard = now
                 self._handle(frames)

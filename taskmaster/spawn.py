@@ -77,14 +77,16 @@ def slave_command(target: str, options: Sequence[str]) -> list[str]:
 
 
 def slave_argv(target: str, address: str, opts: dict[str, Any], log_level: str,
-               quiet_failures: bool = False) -> list[str]:
+               quiet_failures: bool = False, same_user: bool = False) -> list[str]:
     """The argv of a slave of ``target`` with a command's slave options (by their click
-    names): what tm-spawn starts, and how tm-run restarts one."""
+    names): what tm-spawn starts, and how tm-run restarts one (``same_user``: see gate.py)."""
     argv = ["--address", address, "--concurrency", str(opts["concurrency"]),
             "--master-timeout", str(opts["master_timeout"]), "--log-level", log_level,
             "--max-message-mb", str(opts["max_message_mb"]), "--no-progress"]
     if quiet_failures:  # tm-run's: its master, on the same terminal, says them
         argv.append("--quiet-failures")
+    if same_user:
+        argv.append("--same-user")
     for flag, key in (("--job-timeout", "job_timeout"), ("--max-jobs-per-slave", "max_jobs"),
                       ("--max-memory", "max_memory")):
         if opts[key] is not None:

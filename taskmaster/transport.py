@@ -222,10 +222,13 @@ class SlaveSocket:
     """A slave's DEALER socket: connects (and reconnects by itself) to the master."""
 
     def __init__(self, address: str, identity: bytes, curve: Curve | None = None,
-                 max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_bytes: int = MAX_MESSAGE_BYTES, same_user: bool = False) -> None:
+        """``same_user``: connect only to a master of this user (see gate.py). (The heartbeat
+        socket needs no such check: it only sends, and a heartbeat says nothing secret.)"""
         keep_message_blocks()
         self._ctx = gzmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
+        self.gate = Gate.guard(self._sock) if same_user else None
         self._inbox: gevent.queue.Queue[list[bytes] | None] = gevent.queue.Queue()
         self._receiver: gevent.Greenlet | None = None
         self._failure: InternalError | None = None

@@ -599,12 +599,12 @@ def test_tm_runs_own_secret_stays_out_of_its_environment(procs: Procs, tmp_path:
 NOBODY = 65534
 
 
-def knock_from_a_child(address: str, uid: int | None, timeout_s: float) -> str:
-    """Knock on the master at ``address`` from a forked child, as user ``uid`` if given (this
-    process's own if None): "welcome", or "nothing" if no WELCOME came within ``timeout_s``."""
+def in_a_child(uid: int | None, timeout_s: float, work: Callable[[zmq.Context], bytes]) -> str:
+    """What ``work`` says, run with a ZeroMQ context of its own in a forked child as user
+    ``uid`` (this process's own if None); ``work`` is bounded by ``timeout_s`` itself."""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: its own context, never this process's, and out by os._exit
+    if pid == 0:  # the child: never this process's context, and out by os._exit
         answer = b"error"
         try:
             os.close(read_end)
@@ -613,20 +613,14 @@ def knock_from_a_child(address: str, uid: int | None, timeout_s: float) -> str:
                 os.setgid(uid)
                 os.setuid(uid)
             ctx = zmq.Context()
-            sock = dealer(ctx, address, b"outsider")  # a slave names itself so
-            sock.send_multipart(p.pack(p.HEARTBEAT, ["outsider", "n", None, None, False, 0, 0],
-                                       epoch=NO_EPOCH, counter=1, key=None))
-            frames = recv_within(sock, timeout_s)
-            answer = b"nothing" if frames is None else (
-                b"welcome" if raw(frames, None, p.MASTER_KINDS).kind == p.WELCOME else b"other")
-            sock.close(0)
-            ctx.term()
+            answer = work(ctx)
+            ctx.destroy(linger=0)
         finally:
             os.write(write_end, answer)
             os._exit(0)
     os.close(write_end)
     try:
-        # The child is bounded by timeout_s; this is the bound on a child that hangs anyway.
+        # This is the bound on a child that hangs anyway.
         if not select.select([read_end], [], [], timeout_s + 20)[0]:
             os.kill(pid, signal.SIGKILL)
         answer = os.read(read_end, 64).decode()
@@ -635,6 +629,46 @@ def knock_from_a_child(address: str, uid: int | None, timeout_s: float) -> str:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
     return answer
+
+
+def knock_from_a_child(address: str, uid: int | None, timeout_s: float) -> str:
+    """Knock on the master at ``address`` as user ``uid``: "welcome", or "nothing" if no
+    WELCOME came within ``timeout_s``."""
+    def knock(ctx: zmq.Context) -> bytes:
+        sock = dealer(ctx, address, b"outsider")  # a slave names itself so
+        sock.send_multipart(p.pack(p.HEARTBEAT, ["outsider", "n", None, None, False, 0, 0],
+                                   epoch=NO_EPOCH, counter=1, key=None))
+        frames = recv_within(sock, timeout_s)
+        if frames is None:
+            return b"nothing"
+        return b"welcome" if raw(frames, None, p.MASTER_KINDS).kind == p.WELCOME else b"other"
+
+    return in_a_child(uid, timeout_s, knock)
+
+
+def pose_as_master_in_a_child(address: str, uid: int | None, timeout_s: float) -> str:
+    """Bind ``address`` as user ``uid`` and wait for a slave's own socket to connect: its
+    heartbeat socket names it (and may connect: it only sends, and says nothing that needs
+    keeping from anyone); a message to that name goes out only once the slave's socket is
+    connected. "connected", or "nothing" if it was not within ``timeout_s``."""
+    def pose(ctx: zmq.Context) -> bytes:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to no one raises
+        sock.bind(address)
+        name, end = None, time.monotonic() + timeout_s
+        while (left := end - time.monotonic()) > 0:
+            frames = recv_within(sock, min(left, 0.05))
+            if frames is not None and frames[0].endswith(p.HEARTBEAT_SUFFIX):
+                name = frames[0][:-len(p.HEARTBEAT_SUFFIX)]
+            if name is not None:
+                try:
+                    sock.send_multipart([name, b"probe"], flags=zmq.NOBLOCK)
+                    return b"connected"
+                except zmq.ZMQError:  # not connected (EHOSTUNREACH)
+                    pass
+        return b"nothing"
+
+    return in_a_child(uid, timeout_s, pose)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets are Linux's")
@@ -652,13 +686,40 @@ def test_only_the_runs_own_user_may_join_tm_runs_own_socket(procs: Procs,
     assert address.startswith("ipc://@"), run.output
     assert "unsigned: only this user's processes may connect" in run.output
     assert knock_from_a_child(address, NOBODY, timeout_s=3) == "nothing"
-    run.expect(rf"refused \d+ connection\(s\) from other users' processes "
+    run.expect(rf"refused \d+ connection\(s\) with other users' processes "
                rf"\(the last: uid {NOBODY} \(pid \d+\)\)", timeout=10)
     # The same knock from this user is let in: the refusal was the user, not the knock.
     assert knock_from_a_child(address, None, timeout_s=10) == "welcome"
     gate.touch()
     assert run.wait(60) == 0, run.output
     assert_complete(ledger, count)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets are Linux's")
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming another user takes root")
+def test_tm_runs_slaves_talk_only_to_a_master_of_their_own_user(procs: Procs,
+                                                                 tmp_path: Path) -> None:
+    # A slave unpickles what its master sends, and tm-run's socket name is no secret: a
+    # restarted slave has it on its command line, and /proc/net/unix lists it while bound.
+    # Another user who binds it first (or after the master let go) gets nothing from ours.
+    address = f"ipc://@taskmaster-test-{secrets.token_hex(8)}"
+    argv = ("tm-slave", "gated_jobs", "--address", address, "--same-user", "--no-progress")
+    slave = procs.start(*argv, env=env(LEDGER=str(tmp_path / "ledger")))
+    assert pose_as_master_in_a_child(address, NOBODY, timeout_s=3) == "nothing"
+    slave.expect(rf"refused \d+ connection\(s\) with other users' processes "
+                 rf"\(the last: uid {NOBODY} \(pid \d+\)\)", timeout=10)
+    # (Refused, ZeroMQ may stop reconnecting that socket: so a fresh slave for the next.)
+    slave.kill()
+    # A master of this user gets a slave started the same way: it was the user refused.
+    slave = procs.start(*argv, env=env(LEDGER=str(tmp_path / "ledger")))
+    assert pose_as_master_in_a_child(address, None, timeout_s=10) == "connected", slave.output
+
+
+def test_a_slave_that_talks_only_to_its_own_user_needs_a_local_socket(procs: Procs) -> None:
+    slave = procs.run("tm-slave", "gated_jobs", "--address", "tcp://127.0.0.1:1", "--same-user",
+                      timeout=30)
+    assert slave.code == 2, slave.output
+    assert "needs a local ipc:// address" in slave.output
 
 
 @pytest.mark.parametrize(("address", "ids"), [
