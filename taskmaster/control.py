@@ -74,7 +74,8 @@ class Control:
         self._challenges: dict[str, tuple[str, float]] = {}  # client: (word, when given)
         self._file = ControlFile(cfg.state_path)
         self._file.write(address, secret=cfg.secret if cfg.own_secret else None,
-                         secret_file=cfg.secret_file, curve_dir=cfg.curve_dir)
+                         secret_file=cfg.secret_file, curve_dir=cfg.curve_dir,
+                         unsigned=cfg.same_user)
 
     def close(self) -> None:
         self._file.close()

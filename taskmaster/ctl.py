@@ -75,7 +75,8 @@ def ctl(action: str, value: str | None, address: str | None, state_file: Path | 
             found = ControlFile(state_file).read()
         where = found.get("address") or address or DEFAULT_ADDRESS
         check_address(where)
-        secret = (found["secret"].encode() if found.get("secret")
+        secret = (None if found.get("unsigned") else found["secret"].encode()
+                  if found.get("secret")
                   else load_secret(Path(found["secret_file"]) if found.get("secret_file")
                                    else secret_file))
         check_exposure(where, secret, insecure, "slave")

@@ -5,14 +5,16 @@ permissions: any local process can reach it. Before a connection carries any mes
 asks the process's authentication handler (ZAP, ZeroMQ RFC 27) about it. Over a local socket,
 libzmq gives the handler the peer's user, group and process ids, as the kernel reports them
 (SO_PEERCRED), in the request's address: ``localhost:UID:GID:PID``. Ours lets in only
-processes of our own user. Any process it lets in could read the run's memory anyway,
-secret and all, so tm-run's own runs need no secret: their messages go unsigned. That saves
+processes of our own user (and root's). Those are trusted as the user is (a process of the
+user's could, as a rule, read the run's memory, secret and all), so tm-run's own runs need no
+secret: their messages go unsigned. That saves
 HMAC over every byte, both ways: a third of the CPU of a run of 1 KB jobs.
 
 The slaves ask the same of their master: libzmq asks ZAP on the connecting side too. A slave
 unpickles what its master sends, and the socket's name is no secret (a restarted slave has it
 on its command line; /proc/net/unix lists it while it is bound), so another user who bound it
-first, or after our master let go of it, must get no connection from our slaves.
+first, or after our master let go of it, must get no connection from our slaves. (Their
+heartbeat sockets may connect: those only send, and a heartbeat says nothing secret.)
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Gate:
 
     def __init__(self, ctx: zmq.Context) -> None:
         self.ctx, self.pid = ctx, os.getpid()
-        self.uid = os.getuid()
+        self.uid = os.geteuid()  # what the kernel names a peer by
         self.refused = 0
         self.last_refused = ""
         self._told, self._quiet_until = 0, float("-inf")
@@ -76,22 +78,24 @@ class Gate:
         return gate
 
     def _answer(self, rep: zmq.Socket) -> None:
-        while True:
-            try:
+        # Whatever ends this thread, a connection waiting for it is refused, never let in.
+        try:
+            while True:
                 request = rep.recv_multipart()
-            except zmq.ContextTerminated:
-                rep.close()
-                return
-            verdict = self.judge(request)
-            rid = request[1] if len(request) > 1 else b""
-            reply = [ZAP_VERSION, rid, b"200", b"OK"] if verdict is None else [
-                ZAP_VERSION, rid, b"400", verdict.encode()]
-            rep.send_multipart([*reply, b"", b""])
+                verdict = self.judge(request)
+                rid = request[1] if len(request) > 1 else b""
+                reply = [ZAP_VERSION, rid, b"200", b"OK"] if verdict is None else [
+                    ZAP_VERSION, rid, b"400", verdict.encode()]
+                rep.send_multipart([*reply, b"", b""])
+        except zmq.ZMQError:  # the context is ending (ContextTerminated)
+            pass
+        finally:
+            rep.close(linger=0)
 
     def judge(self, request: list[bytes]) -> str | None:
         """None to let the connection in; else why not (and it is counted)."""
         ids = peer_ids(request[3]) if len(request) >= 6 and request[0] == ZAP_VERSION else None
-        if ids is not None and ids[0] == self.uid:
+        if ids is not None and ids[0] in (self.uid, 0):  # (root could do anything anyway)
             return None
         if ids is None:
             self.last_refused = "a peer whose user the kernel did not name"

@@ -312,13 +312,25 @@ def _security(opts: dict[str, Any], secret: bytes | None = None) -> dict[str, An
             "insecure": opts["insecure"], "curve_dir": opts["curve_dir"]}
 
 
+def _peers_named_by_the_kernel() -> bool:
+    """Whether libzmq here tells a ZAP handler a local peer's user: on Linux with glibc, whose
+    getnameinfo libzmq's peer address goes through (with others, as musl's, it may come empty,
+    and the gate would refuse our own slaves: they get a secret instead)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        return False
+
+
 @dataclass
 class OwnRun:
     """What tm-run (and `taskmaster.run`) make for a run of their own: an endpoint no other run
     can collide with, known before binding so that the slaves can be forks started while the
     master starts; and a way to keep other local users out of it.
 
-    On Linux, without an address or a secret from the user: a socket of the abstract namespace,
+    On Linux (with glibc), without an address or a secret from the user: an abstract socket,
     which the master lets only this user's processes connect to, on the kernel's word
     (``same_user``, see gate.py); its messages go unsigned. Otherwise, unless the user gave a
     secret, one of the run's own: given to the slaves (forks get it in their config, others in
@@ -338,7 +350,7 @@ class OwnRun:
         # A socket of the abstract namespace has no file, so nothing to leave behind whatever
         # ends us; the kernel names each peer's user, so no secret is needed to keep others
         # out, nor HMAC over every message.
-        if address is None and not users_secret and sys.platform.startswith("linux"):
+        if address is None and not users_secret and _peers_named_by_the_kernel():
             return cls(f"ipc://@taskmaster-{secrets.token_hex(8)}", None, env, same_user=True)
         secret = None
         if not users_secret:

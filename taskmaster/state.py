@@ -262,10 +262,12 @@ class ControlFile:
         self._written = False
 
     def write(self, address: str, *, secret: bytes | None, secret_file: Path | None,
-              curve_dir: Path | None) -> None:
+              curve_dir: Path | None, unsigned: bool = False) -> None:
         """Say how to reach this process's master; a file that cannot be written costs only
-        the finding by state file (a warning)."""
+        the finding by state file (a warning). ``unsigned``: the master takes no signature
+        (tm-run's own socket): whatever secret tm-ctl's environment holds is not the run's."""
         data = {"address": address, "pid": os.getpid(), "host": socket.gethostname(),
+                "unsigned": unsigned,
                 "secret": secret.decode() if secret is not None else None,
                 "secret_file": str(secret_file.resolve()) if secret_file else None,
                 "curve_dir": str(curve_dir.resolve()) if curve_dir else None}
