@@ -75,10 +75,13 @@ def ctl(action: str, value: str | None, address: str | None, state_file: Path | 
             found = ControlFile(state_file).read()
         where = found.get("address") or address or DEFAULT_ADDRESS
         check_address(where)
-        secret = (None if found.get("unsigned") else found["secret"].encode()
-                  if found.get("secret")
-                  else load_secret(Path(found["secret_file"]) if found.get("secret_file")
-                                   else secret_file))
+        if found.get("unsigned"):  # tm-run's own socket: a secret in our environment is not its
+            secret = None
+        elif found.get("secret"):
+            secret = found["secret"].encode()
+        else:
+            secret = load_secret(Path(found["secret_file"]) if found.get("secret_file")
+                                 else secret_file)
         check_exposure(where, secret, insecure, "slave")
         keys = curve_dir or (Path(found["curve_dir"]) if found.get("curve_dir") else None)
         answer = _ask(where, signing_key(secret), keys, action, rate, timeout)

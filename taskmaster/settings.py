@@ -312,18 +312,6 @@ def _security(opts: dict[str, Any], secret: bytes | None = None) -> dict[str, An
             "insecure": opts["insecure"], "curve_dir": opts["curve_dir"]}
 
 
-def _peers_named_by_the_kernel() -> bool:
-    """Whether libzmq here tells a ZAP handler a local peer's user: on Linux with glibc, whose
-    getnameinfo libzmq's peer address goes through (with others, as musl's, it may come empty,
-    and the gate would refuse our own slaves: they get a secret instead)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
-    except (ValueError, OSError):
-        return False
-
-
 @dataclass
 class OwnRun:
     """What tm-run (and `taskmaster.run`) make for a run of their own: an endpoint no other run
@@ -345,22 +333,24 @@ class OwnRun:
     @classmethod
     def make(cls, address: str | None, secret_file: Path | None) -> OwnRun:
         """``address``: the user's, if they gave one."""
+        from .gate import peers_named_by_the_kernel  # not at the top: gate.py imports gevent
+
         env = dict(os.environ)
         users_secret = secret_file is not None or bool(env.get(SECRET_ENV))
-        # A socket of the abstract namespace has no file, so nothing to leave behind whatever
-        # ends us; the kernel names each peer's user, so no secret is needed to keep others
-        # out, nor HMAC over every message.
-        if address is None and not users_secret and _peers_named_by_the_kernel():
-            return cls(f"ipc://@taskmaster-{secrets.token_hex(8)}", None, env, same_user=True)
+        # The kernel names each peer's user: no secret is needed to keep others out, nor HMAC
+        # over every message.
+        same_user = address is None and not users_secret and peers_named_by_the_kernel()
         secret = None
-        if not users_secret:
+        if not users_secret and not same_user:
             env[SECRET_ENV] = secrets.token_hex(32)
             secret = env[SECRET_ENV].encode()
         if address is not None:
             return cls(address, secret, env)
-        if sys.platform.startswith("linux"):  # the user's secret keeps others out
-            return cls(f"ipc://@taskmaster-{secrets.token_hex(8)}", secret, env)
-        # Elsewhere, a socket file in a fresh private directory.
+        # On Linux, a socket of the abstract namespace: no file, so nothing to leave behind
+        # whatever ends us. Elsewhere, a socket file in a fresh private directory.
+        if sys.platform.startswith("linux"):
+            return cls(f"ipc://@taskmaster-{secrets.token_hex(8)}", secret, env,
+                       same_user=same_user)
         rundir = Path(tempfile.mkdtemp(prefix="tm-run-"))
         return cls(f"ipc://{rundir}/master", secret, env, rundir)
 
