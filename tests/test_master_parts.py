@@ -442,6 +442,26 @@ def test_byte_bounds_credit_what_is_held_against_the_smaller_window() -> None:
     assert lease_for(50, 6, 2, 2**20).credit == -2
 
 
+@pytest.mark.parametrize(("window", "held", "job_bytes", "credit"), [
+    # 1 KiB jobs: batches of 512, a window of 4 096 (all of it whole batches).
+    (10_000, 0, 1024, 4096),
+    # 520 free: one whole batch goes; the 8 over wait for more (they went as a batch of
+    # their own, and came back as one, for good).
+    (10_000, 4096 - 520, 1024, 512),
+    (10_000, 4096 - 8, 1024, 0),
+    # What is over whole batches goes when it is a quarter of the window or more.
+    (1000, 0, 1024, 1000),
+    (1000, 900, 1024, 0),
+    # Slow jobs, a small window: a quarter of it at least, never none for long.
+    (20, 16, 10, 0),
+    (20, 15, 10, 5),
+    (2, 1, 10, 1),
+])
+def test_no_batch_is_too_small_to_be_worth_its_message(
+        window: int, held: int, job_bytes: float, credit: int) -> None:
+    assert lease_for(window, held, 10, job_bytes).credit == credit
+
+
 def test_job_size_is_an_average_of_recent_batches() -> None:
     size = JobSize()
     assert size.bytes == 0
@@ -457,7 +477,9 @@ def test_job_size_is_an_average_of_recent_batches() -> None:
 
 
 @pytest.mark.parametrize(("jobs", "window", "sizes"), [
-    (250, 250, [100, 100, 50]),  # unknown job size: FIRST_BATCH_JOBS at a time
+    # Unknown job size: FIRST_BATCH_JOBS at a time; the 50 over wait, as under a quarter
+    # of the window (`lease_for`).
+    (250, 250, [100, 100]),
     (250, 30, [30]),
     (250, 100, [100]),
     (10, 25, [10]),  # less work than room: the slave waits for more
@@ -747,7 +769,7 @@ def test_batches_never_sent_go_out_again_whole_and_not_as_suspects(
     parts = Parts(tmp_path, jobs=250, secret=SECRET, max_deaths=max_deaths)
     welcome = welcome_of(knock(parts, SLAVE, T0), SLAVE)
     parts.wire.connected = False
-    deliver(parts, SLAVE, p.Ready(welcome.session, 250, 1, "host", 7), T0)
+    deliver(parts, SLAVE, p.Ready(welcome.session, 300, 1, "host", 7), T0)
     ledger = parts.ledger
     assert parts.registry.get(SLAVE) is None, "a slave we cannot send to is lost"
     assert SLAVE not in parts.registry.waiting
@@ -769,7 +791,7 @@ def test_when_a_send_fails_midway_the_sent_batch_is_charged_and_the_unsent_ones_
     parts = Rig(tmp_path, wire=wire, jobs=250, secret=SECRET, max_deaths=1)
     welcome = welcome_of(knock(parts, SLAVE, T0), SLAVE)
     wire.budget[SLAVE] = 1  # the first batch goes out, the second send fails
-    deliver(parts, SLAVE, p.Ready(welcome.session, 250, 1, "host", 7), T0)
+    deliver(parts, SLAVE, p.Ready(welcome.session, 300, 1, "host", 7), T0)
     [(_, sent_one)] = parts.wire.messages(parts.key)[1:]
     assert isinstance(sent_one, p.Jobs) and sent_one.jobs == list(range(100))
     ledger = parts.ledger
@@ -799,7 +821,7 @@ def test_a_batch_that_goes_out_after_a_failed_send_is_a_suspect_only_if_it_was_s
     parts = Rig(tmp_path, wire=wire, jobs=250, secret=SECRET, max_deaths=3)
     welcome = welcome_of(knock(parts, SLAVE, T0), SLAVE)
     wire.budget[SLAVE] = 1
-    deliver(parts, SLAVE, p.Ready(welcome.session, 250, 1, "host", 7), T0)
+    deliver(parts, SLAVE, p.Ready(welcome.session, 300, 1, "host", 7), T0)
     parts.handout.settle_departed(T0 + GONE_GRACE_S, GONE_GRACE_S)
     assert parts.ledger.requeued == 250 and parts.ledger.stats.failed == 0
     sent = join_at(parts, OTHER, 300, T0 + GONE_GRACE_S + 1)
