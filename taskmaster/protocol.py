@@ -195,7 +195,9 @@ def unpack(frames: list[bytes], *, key: bytes | None = None,
     """(kind, epoch, counter, raw body) of a message, authenticated before it is decoded."""
     if len(frames) != 4:
         raise ProtocolError(f"expected 4 frames, got {len(frames)}")
-    kind, header, payload, mac = (bytes(f) for f in frames)
+    # The body as it came (a slave's is a view of ZeroMQ's memory, not a copy of half a
+    # megabyte); the small frames as bytes.
+    kind, header, payload, mac = bytes(frames[0]), bytes(frames[1]), frames[2], bytes(frames[3])
     if kind not in kinds:
         raise ProtocolError(f"unknown message kind {kind[:16]!r}")
     if len(header) != _HEADER.size:
@@ -211,7 +213,7 @@ def unpack(frames: list[bytes], *, key: bytes | None = None,
     try:
         # (As json.loads takes bytes, but with no guessing of UTF-16 or -32: ours are UTF-8.)
         body = (pickle.loads(payload) if kind == JOBS
-                else _UNJSON.decode(payload.decode("utf-8", "surrogatepass")))
+                else _UNJSON.decode(str(payload, "utf-8", "surrogatepass")))
     except Exception as e:  # noqa: BLE001 - whatever the decoder raises, the body is malformed
         raise ProtocolError(f"undecodable body: {type(e).__name__}") from None
     return kind, epoch, counter, body

@@ -10,13 +10,14 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import gevent
 import gevent.hub
 import gevent.monkey
-import gevent.queue
 import zmq
 import zmq.green as gzmq
 
@@ -31,7 +32,7 @@ from .curve import Curve, load_curve
 from .errors import InternalError, TransportError
 from .gate import Gate
 from .heap import keep_message_blocks
-from .protocol import HEARTBEAT_SUFFIX, Gone, Seal
+from .protocol import BODY_FRAME, HEARTBEAT_SUFFIX, Gone, Seal
 from .settings import signing_key
 
 log = logging.getLogger(__name__)
@@ -56,14 +57,98 @@ def _fail(action: str, address: str, e: zmq.ZMQError) -> TransportError:
     return TransportError(f"cannot {action} {address}: {e.strerror}; {hint}")
 
 
-class MasterSocket:
-    """The master's ROUTER socket: bound, addressing each slave by its identity.
-
-    A plain ZeroMQ socket, made cooperative here rather than by zmq.green: that wraps every
+class _Cooperative:
+    """A plain ZeroMQ socket, made cooperative here rather than by zmq.green: that wraps every
     frame in bookkeeping of its own (about 30 us a message each way, against 5) and wakes the
     hub for every arrival, even while no one waits to receive. Here only a receive with
-    nothing there waits, on the socket's descriptor, and nothing else watches it.
-    """
+    nothing there waits, on the socket's descriptor, and nothing else watches it. One
+    greenlet at a time may wait; any may take and send, none of which ever waits."""
+
+    def __init__(self, sock: zmq.Socket[bytes], *, keep_body: bool = False) -> None:
+        """``keep_body``: the body frame of a message comes as a view of ZeroMQ's own memory,
+        not a copy (a slave unpickles half a megabyte of jobs from it)."""
+        self.sock = sock
+        self._keep_body = keep_body
+        self._loop = gevent.get_hub().loop
+        self._readable = self._loop.io(cast("int", sock.get(zmq.FD)), 1)  # 1: readable
+        self._waiter: gevent.hub.Waiter[None] | None = None
+        """The waiting receive's, while one waits."""
+        self._recheck_due = False
+
+    def take(self) -> list[Any] | None:
+        """The next message's frames if one is there, else None, without waiting."""
+        recv = self.sock.recv
+        try:
+            frame = recv(_NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        message: list[Any] = [frame.bytes]
+        keep = self._keep_body
+        # A frame says whether more follow (a socket option would cost an enum each time);
+        # ZeroMQ delivers a message whole, so the rest of it is there.
+        while frame.more:
+            frame = recv(_NOBLOCK, copy=False)
+            message.append(frame.buffer if keep and len(message) == BODY_FRAME
+                           else frame.bytes)
+        return message
+
+    def wait(self, timeout_s: float) -> None:
+        """Until something may have arrived, ``timeout_s`` at most, or until `interrupt`.
+        Called right after a receive found nothing, which has taken in all ZeroMQ had to say:
+        the descriptor signals what comes next."""
+        waiter = self._waiter = gevent.hub.Waiter()
+        timer = self._loop.timer(timeout_s)
+        self._readable.start(waiter.switch, None)
+        timer.start(waiter.switch, None)
+        try:
+            waiter.get()
+        finally:
+            self._readable.stop()
+            timer.close()
+            self._waiter = None
+
+    def interrupt(self) -> None:
+        """End a wait now (once the hub runs), as if something had arrived."""
+        self._loop.run_callback(self._wake)
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.switch(None)
+
+    def send(self, frames: list[bytes]) -> None:
+        """Queue a whole message, never waiting (ZMQError when it cannot be queued now)."""
+        send = self.sock.send
+        try:
+            for frame in frames[:-1]:
+                send(frame, _MORE)
+            send(frames[-1], _NOBLOCK)
+        finally:
+            self.recheck_soon()
+
+    def recheck_soon(self) -> None:
+        # ZeroMQ signals its descriptor on an edge, and a send takes in what ZeroMQ has to say
+        # as a receive does: it may take the signal of a message that has just arrived, and a
+        # receive waiting on the descriptor would sleep on with the message there. So once a
+        # waiting receive can run (the hub is about to wait), look whether something is there;
+        # a send never switches greenlets, so no one can start waiting before that look.
+        if not self._recheck_due:
+            self._recheck_due = True
+            self._loop.run_callback(self._recheck)
+
+    def _recheck(self) -> None:
+        self._recheck_due = False
+        waiter = self._waiter
+        if waiter is not None and not self.sock.closed and \
+                int(self.sock.get(zmq.EVENTS)) & _POLLIN:
+            waiter.switch(None)
+
+    def close(self, linger_s: float) -> None:
+        self._readable.close()
+        self.sock.close(linger=int(linger_s * 1000))
+
+
+class MasterSocket:
+    """The master's ROUTER socket: bound, addressing each slave by its identity."""
 
     def __init__(self, address: str, max_bytes: int = MAX_MESSAGE_BYTES,
                  curve: Curve | None = None, same_user: bool = False) -> None:
@@ -93,96 +178,40 @@ class MasterSocket:
             self._sock.close()
             raise _fail("listen on", address, e) from None
         self.address: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._loop = gevent.get_hub().loop
-        self._readable = self._loop.io(self._sock.get(zmq.FD), 1)  # 1: readable
-        self._waiter: gevent.hub.Waiter[None] | None = None
-        """The waiting receive's, while one waits."""
-        self._recheck_due = False
+        self._io = _Cooperative(self._sock)
 
     def recv(self, calm_s: float = 0.0) -> tuple[bytes, list[bytes]]:
         """Wait for the next message: (sender identity, its frames). ``calm_s``: when none is
         there yet, let that long pass before taking one, so that all that comes meanwhile is
         taken with one wake of the hub instead of one each."""
+        take = self._io.take
         try:
-            message = self._take()
+            message = take()
             if message is None and calm_s > 0:
                 gevent.sleep(calm_s)
-                message = self._take()
+                message = take()
             while message is None:
-                self._wait()
-                message = self._take()
+                # Never for long on the descriptor alone: if an arrival's signal were ever
+                # missed, a look now and then finds the message all the same.
+                self._io.wait(_WAIT_BACKSTOP_S)
+                message = take()
         except zmq.ZMQError as e:
             raise TransportError(f"cannot receive on {self.address}: {e.strerror}") from e
         identity, *frames = message
         return identity, frames
 
-    def _take(self) -> list[bytes] | None:
-        """The next message if one is there, else None, without waiting."""
-        recv = self._sock.recv
-        try:
-            frame = recv(_NOBLOCK, copy=False)
-        except zmq.Again:
-            return None
-        message = [frame.bytes]
-        # A frame says whether more follow (a socket option would cost an enum each time);
-        # ZeroMQ delivers a message whole, so the rest of it is there.
-        while frame.more:
-            frame = recv(_NOBLOCK, copy=False)
-            message.append(frame.bytes)
-        return message
-
-    def _wait(self) -> None:
-        """Until something may have arrived. Called right after a receive found nothing,
-        which has taken in all ZeroMQ had to say: the descriptor signals what comes next."""
-        waiter = self._waiter = gevent.hub.Waiter()
-        # Never for long on the descriptor alone: if an arrival's signal were ever missed, a
-        # look now and then finds the message all the same.
-        backstop = self._loop.timer(_WAIT_BACKSTOP_S)
-        self._readable.start(waiter.switch, None)
-        backstop.start(waiter.switch, None)
-        try:
-            waiter.get()
-        finally:
-            self._readable.stop()
-            backstop.close()
-            self._waiter = None
-
     def send(self, identity: bytes, frames: list[bytes]) -> bool:
         """Queue a message to one slave; False when that slave is not connected."""
-        send = self._sock.send
         try:
-            send(identity, _MORE)
-            for frame in frames[:-1]:
-                send(frame, _MORE)
-            send(frames[-1], _NOBLOCK)
+            self._io.send([identity, *frames])
         except zmq.ZMQError as e:
             if e.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 return False
             raise TransportError(f"cannot send on {self.address}: {e.strerror}") from e
-        finally:
-            self._recheck_soon()
         return True
 
-    def _recheck_soon(self) -> None:
-        # ZeroMQ signals its descriptor on an edge, and a send takes in what ZeroMQ has to say
-        # as a receive does: it may take the signal of a message that has just arrived, and a
-        # receive waiting on the descriptor would sleep on with the message there. So once a
-        # waiting receive can run (the hub is about to wait), look whether something is there;
-        # a send never switches greenlets, so no one can start waiting before that look.
-        if not self._recheck_due:
-            self._recheck_due = True
-            self._loop.run_callback(self._recheck)
-
-    def _recheck(self) -> None:
-        self._recheck_due = False
-        waiter = self._waiter
-        if waiter is not None and not self._sock.closed and \
-                int(self._sock.get(zmq.EVENTS)) & _POLLIN:
-            waiter.switch(None)
-
     def close(self, linger_s: float = 0.0) -> None:
-        self._readable.close()
-        self._sock.close(linger=int(linger_s * 1000))
+        self._io.close(linger_s)
 
 
 class ControlLine:
@@ -219,19 +248,20 @@ class ControlLine:
 
 
 class SlaveSocket:
-    """A slave's DEALER socket: connects (and reconnects by itself) to the master."""
+    """A slave's DEALER socket: connects (and reconnects by itself) to the master. The body of
+    a message received is a view of ZeroMQ's memory (see `_Cooperative`), valid as long as
+    the view is kept."""
 
     def __init__(self, address: str, identity: bytes, curve: Curve | None = None,
                  max_bytes: int = MAX_MESSAGE_BYTES, same_user: bool = False) -> None:
         """``same_user``: connect only to a master of this user (see gate.py). (The heartbeat
         socket needs no such check: it only sends, and a heartbeat says nothing secret.)"""
         keep_message_blocks()
-        self._ctx = gzmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        self._io = _Cooperative(self._sock, keep_body=True)
+        self._woken = False
         self.gate = Gate.guard(self._sock) if same_user else None
-        self._inbox: gevent.queue.Queue[list[bytes] | None] = gevent.queue.Queue()
-        self._receiver: gevent.Greenlet | None = None
-        self._failure: InternalError | None = None
         if curve is not None:
             curve.apply(self._sock, server=False)
         self._sock.setsockopt(zmq.IDENTITY, identity)
@@ -248,61 +278,46 @@ class SlaveSocket:
             self.close()
             raise _fail("connect to", address, e) from None
 
-    def recv(self, timeout_s: float) -> list[bytes] | None:
-        """The next message's frames, or None when nothing came within the timeout."""
-        # Not poll(): the socket's file descriptor is edge-triggered and a send from another
-        # greenlet can consume the edge, leaving poll asleep with messages waiting. The green
-        # recv re-checks the socket's events itself.
-        # Nor a timeout around recv_multipart: one that fires between the frames of a large
-        # message splits it. A greenlet of its own receives whole messages, with no timeout.
-        if self._receiver is None:
-            self._receiver = gevent.spawn(self._receive)
-        try:
-            frames = self._inbox.get(timeout=timeout_s)
-        except gevent.queue.Empty:
-            return None
-        if self._failure is not None:
-            raise self._failure
-        return frames
+    def recv(self, timeout_s: float) -> list[Any] | None:
+        """The next message's frames; None when nothing came within the timeout, or when
+        `wake` was called (since the last such None)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._woken:
+            message = self._take()
+            if message is not None:
+                return message
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._io.wait(left)
+        self._woken = False
+        return None
 
-    def _receive(self) -> None:
+    def _take(self) -> list[Any] | None:
         try:
-            while True:
-                self._inbox.put(self._sock.recv_multipart())
+            return self._io.take()
         except zmq.ZMQError as e:
             # Not silently: the slave would wait, heartbeating, for messages that can never
             # come, while its master leased it work.
-            self._failure = InternalError(f"cannot receive from the master: {e.strerror}")
-            self._inbox.put(None)
+            raise InternalError(f"cannot receive from the master: {e.strerror}") from None
 
-    def pending(self) -> list[list[bytes]]:
+    def pending(self) -> list[list[Any]]:
         """The messages that have arrived, in order, without waiting for any."""
-        out: list[list[bytes]] = []
-        woken = False
-        while not self._inbox.empty():
-            frames = self._inbox.get_nowait()
-            if frames is None:
-                woken = True
-            else:
-                out.append(frames)
-        while True:
-            try:
-                # Whole messages only: ZeroMQ delivers all of a message's frames at once.
-                out.append(self._sock.recv_multipart(flags=zmq.NOBLOCK))
-            except zmq.Again:
-                break
-        if woken:
-            self.wake()  # that was meant for recv(): keep it there
+        out: list[list[Any]] = []
+        while (message := self._take()) is not None:
+            out.append(message)
         return out
 
     def wake(self) -> None:
-        """Make a waiting `recv` return None now (to notice it is time to exit)."""
-        self._inbox.put(None)
+        """Make a waiting `recv` return None now (the next one, if none waits): to notice
+        that it is time to exit."""
+        self._woken = True
+        self._io.interrupt()
 
     def send(self, frames: list[bytes]) -> bool:
         """Send if the master is connected; False (message dropped) when it is not."""
         try:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            self._io.send(frames)
         except zmq.ZMQError as e:
             if e.errno == zmq.EAGAIN:
                 return False
@@ -311,9 +326,7 @@ class SlaveSocket:
 
     def close(self, linger_s: float = 0.0) -> None:
         """Close, sending what is queued for up to ``linger_s`` (the goodbye, usually)."""
-        if self._receiver is not None:
-            self._receiver.kill()
-        self._sock.close(linger=int(linger_s * 1000))
+        self._io.close(linger_s)
         # Only terminating the context waits out the linger. A process that ends without
         # that (a forked slave leaves with os._exit) would drop its last messages.
         self._ctx.term()

@@ -1,5 +1,6 @@
-"""The master's socket on real loopback sockets: whole messages both ways, and a receive that
-waits is woken for a message even when one of the socket's own sends saw it arrive."""
+"""The master's and a slave's sockets on real loopback sockets: whole messages both ways, and a
+receive that waits is woken for a message even when one of the socket's own sends saw it
+arrive."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import zmq
 
 from taskmaster.errors import TransportError
-from taskmaster.transport import MasterSocket
+from taskmaster.transport import MasterSocket, SlaveSocket
 
 PEER = b"peer:1:abc"
 
@@ -73,7 +74,7 @@ def test_a_waiting_receive_wakes_for_what_arrived_while_the_socket_sent(
 def test_a_signal_missed_all_the_same_delays_a_message_by_a_second_at_most(
         pair: tuple[MasterSocket, zmq.Socket[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
     master, peer = pair
-    monkeypatch.setattr(master, "_recheck_soon", lambda: None)  # as if the look were missed
+    monkeypatch.setattr(master._io, "recheck_soon", lambda: None)  # as if the look were missed
     receiver = gevent.spawn(master.recv)
     gevent.sleep(0.01)
     peer.send(b"late")
@@ -111,3 +112,80 @@ def test_a_closed_socket_refuses_to_send_and_receive() -> None:
         master.send(PEER, [b"x"])
     with pytest.raises(TransportError):
         master.recv()
+
+
+# -- a slave's socket ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slave_pair() -> Iterator[tuple[SlaveSocket, zmq.Socket[bytes]]]:
+    """A slave's socket and a plain ROUTER, its master, that has heard from it."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    master = ctx.socket(zmq.ROUTER)
+    master.setsockopt(zmq.LINGER, 0)
+    master.setsockopt(zmq.RCVTIMEO, 5000)
+    port = master.bind_to_random_port("tcp://127.0.0.1")
+    slave = SlaveSocket(f"tcp://127.0.0.1:{port}", PEER)
+    try:
+        with gevent.Timeout(5):
+            while not slave.send([b"hello"]):  # IMMEDIATE: dropped until connected
+                gevent.sleep(0.01)
+        assert master.recv_multipart() == [PEER, b"hello"]
+        yield slave, master
+    finally:
+        slave.close()
+        master.close()
+        ctx.term()
+
+
+def test_a_slave_gets_whole_messages_with_the_body_a_view_of_zeromq_memory(
+        slave_pair: tuple[SlaveSocket, zmq.Socket[bytes]]) -> None:
+    slave, master = slave_pair
+    sent = [[b"kind", b"header", bytes(range(256)) * 2000 + b"%d" % n, b""] for n in range(50)]
+    for frames in sent:
+        master.send_multipart([PEER, *frames])
+    with gevent.Timeout(5):
+        first = slave.recv(5)
+        got = [first, *slave.pending()]
+        while len(got) < len(sent):
+            got.append(slave.recv(5))
+    assert all(type(m[2]) is memoryview for m in got if m), "a view, not a copy"
+    assert [[bytes(f) for f in m] for m in got if m] == sent
+    assert all(type(f) is bytes for m in got if m for f in (m[0], m[1], m[3]))
+    assert slave.pending() == []
+
+
+def test_a_slave_receive_wakes_for_what_arrived_while_it_sent(
+        slave_pair: tuple[SlaveSocket, zmq.Socket[bytes]]) -> None:
+    """As the master's (above): its own send may take the signal of an arrival."""
+    slave, master = slave_pair
+    for n in range(5):
+        receiver = gevent.spawn(slave.recv, 30)
+        gevent.sleep(0.01)
+        master.send_multipart([PEER, b"%d" % n])
+        time.sleep(0.05)
+        assert slave.send([b"ping"])
+        with gevent.Timeout(0.5, AssertionError("a waiting receive slept through a message")):
+            assert receiver.get() == [b"%d" % n]
+        assert master.recv_multipart() == [PEER, b"ping"]
+
+
+def test_a_slave_receive_ends_at_its_timeout_or_when_woken(
+        slave_pair: tuple[SlaveSocket, zmq.Socket[bytes]]) -> None:
+    slave, master = slave_pair
+    began = time.monotonic()
+    assert slave.recv(0.2) is None
+    assert 0.2 <= time.monotonic() - began < 1.5
+    # Woken while it waits: at once.
+    gevent.spawn_later(0.05, slave.wake)
+    began = time.monotonic()
+    with gevent.Timeout(5):
+        assert slave.recv(30) is None
+    assert time.monotonic() - began < 1.0
+    # Woken while no one waits: the next receive says so, once, even with a message there.
+    master.send_multipart([PEER, b"there"])
+    time.sleep(0.05)
+    slave.wake()
+    with gevent.Timeout(5):
+        assert slave.recv(30) is None
+        assert slave.recv(30) == [b"there"]
