@@ -615,6 +615,8 @@ def in_a_child(uid: int | None, timeout_s: float, work: Callable[[zmq.Context], 
             ctx = zmq.Context()
             answer = work(ctx)
             ctx.destroy(linger=0)
+        except BaseException as e:  # said in full, so that a failure shows its cause
+            answer = f"error: {e!r}".encode()
         finally:
             os.write(write_end, answer)
             os._exit(0)
@@ -623,7 +625,7 @@ def in_a_child(uid: int | None, timeout_s: float, work: Callable[[zmq.Context], 
         # This is the bound on a child that hangs anyway.
         if not select.select([read_end], [], [], timeout_s + 20)[0]:
             os.kill(pid, signal.SIGKILL)
-        answer = os.read(read_end, 64).decode()
+        answer = os.read(read_end, 4096).decode()
     finally:
         os.close(read_end)
         with contextlib.suppress(ChildProcessError):
@@ -636,8 +638,14 @@ def knock_from_a_child(address: str, uid: int | None, timeout_s: float) -> str:
     WELCOME came within ``timeout_s``."""
     def knock(ctx: zmq.Context) -> bytes:
         sock = dealer(ctx, address, b"outsider")  # a slave names itself so
-        sock.send_multipart(p.pack(p.HEARTBEAT, ["outsider", "n", None, None, False, 0, 0],
-                                   epoch=NO_EPOCH, counter=1, key=None))
+        sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
+        try:
+            sock.send_multipart(p.pack(p.HEARTBEAT, ["outsider", "n", None, None, False, 0, 0],
+                                       epoch=NO_EPOCH, counter=1, key=None))
+        except zmq.Again:
+            # A refused connection may be gone before the knock is queued on it; then DEALER
+            # has nowhere to send, waits, and gives up: that too is nothing let in.
+            return b"nothing"
         frames = recv_within(sock, timeout_s)
         if frames is None:
             return b"nothing"
