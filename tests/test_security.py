@@ -615,7 +615,7 @@ def in_a_child(uid: int | None, timeout_s: float, work: Callable[[zmq.Context], 
             ctx = zmq.Context()
             answer = work(ctx)
             ctx.destroy(linger=0)
-        except BaseException as e:  # said in full, so that a failure shows its cause
+        except Exception as e:  # noqa: BLE001 - said in full: a failure shows its cause
             answer = f"error: {e!r}".encode()
         finally:
             os.write(write_end, answer)
