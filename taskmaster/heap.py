@@ -1,6 +1,6 @@
 """The C heap, told to keep the blocks that messages are built in.
 
-A batch is pickled into a fresh block of about half a megabyte, and ZeroMQ holds each one until
+A batch is pickled into a fresh block of up to a megabyte, and ZeroMQ holds each one until
 it is sent, so several are alive at once. glibc gives blocks that size their own mapping from
 the kernel (or hands the heap's top back when they are freed), so every batch paid for new,
 zeroed pages: pickling 500 jobs of 1 KB took 420 us, against 70 to 110 with the heap kept, more
@@ -14,10 +14,10 @@ from __future__ import annotations
 import functools
 import os
 
-MMAP_BYTES = 1024 * 1024
+MMAP_BYTES = 2 * 1024 * 1024
 """Blocks below this come from the heap, not a mapping of their own: a batch's pickle
-(`config.BATCH_BYTES` of jobs) with room to spare; larger ones (a user's arrays, say) still
-get a mapping of their own, given back when freed."""
+(`config.BATCH_BYTES` of jobs, by a job's estimated size) with room to spare; larger ones (a
+user's arrays, say) still get a mapping of their own, given back when freed."""
 TRIM_BYTES = 16 * 1024 * 1024
 """Free memory at the heap's top beyond this goes back to the system: a few windows' worth."""
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>

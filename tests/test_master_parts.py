@@ -423,7 +423,7 @@ def test_a_window_is_capped_at_max_window_jobs() -> None:
     # 1 KiB: a batch of BATCH_BYTES, a window of WINDOW_BYTES.
     (10_000, 10, 1024, Lease(WINDOW_BYTES // 1024, BATCH_BYTES // 1024)),
     (1000, 10, 1024, Lease(1000, BATCH_BYTES // 1024)),  # the slave asked for less
-    # 1 MiB: 4 jobs fit WINDOW_BYTES, not even one BATCH_BYTES.
+    # 1 MiB: 4 jobs fit WINDOW_BYTES, one BATCH_BYTES.
     (50, 2, 2**20, Lease(WINDOW_BYTES // 2**20, 1)),
     # ... but never below a job per greenlet, nor a batch below one job.
     (50, 10, 2**20, Lease(10, 1)),
@@ -442,13 +442,16 @@ def test_byte_bounds_credit_what_is_held_against_the_smaller_window() -> None:
     assert lease_for(50, 6, 2, 2**20).credit == -2
 
 
+KB_BATCH, KB_WINDOW = BATCH_BYTES // 1024, WINDOW_BYTES // 1024
+"""1 KiB jobs: batches of 1 024, a window of 4 096 (all of it whole batches)."""
+
+
 @pytest.mark.parametrize(("window", "held", "job_bytes", "credit"), [
-    # 1 KiB jobs: batches of 512, a window of 4 096 (all of it whole batches).
-    (10_000, 0, 1024, 4096),
-    # 520 free: one whole batch goes; the 8 over wait for more (they went as a batch of
-    # their own, and came back as one, for good).
-    (10_000, 4096 - 520, 1024, 512),
-    (10_000, 4096 - 8, 1024, 0),
+    (10_000, 0, 1024, KB_WINDOW),
+    # A batch and 8 free: the whole batch goes; the 8 over wait for more (they went as a
+    # batch of their own, and came back as one, for good).
+    (10_000, KB_WINDOW - KB_BATCH - 8, 1024, KB_BATCH),
+    (10_000, KB_WINDOW - 8, 1024, 0),
     # What is over whole batches goes when it is a quarter of the window or more.
     (1000, 0, 1024, 1000),
     (1000, 900, 1024, 0),
@@ -530,9 +533,9 @@ def test_large_jobs_go_out_in_byte_bounded_batches_once_their_size_is_known(
     [first] = join_at(parts, SLAVE, 30, T0, concurrency=2)
     assert len(first.jobs) == 30, "the size of a job is not known before the first batch"
     answer = deliver(parts, SLAVE, ack(done(first.bid), window=30), T0 + 1)
-    # ~200 KB a job: WINDOW_BYTES holds 20 of them, BATCH_BYTES 2.
+    # ~200 KB a job: WINDOW_BYTES holds 20 of them, BATCH_BYTES 5.
     sent = jobs_to(answer, SLAVE)
-    assert [len(b.jobs) for b in sent] == [2] * 10
+    assert [len(b.jobs) for b in sent] == [5] * 4
     assert flat(sent) == big[30:50]
     assert parts.ledger.held_by(SLAVE) == 20
 
