@@ -167,7 +167,10 @@ def test_max_failures_count_stops_a_failure_storm_and_a_restart_resumes(
 def test_max_failures_percent_waits_for_a_hundred_settled_jobs(
         procs: Procs, tmp_path: Path) -> None:
     run, n = Run(procs, tmp_path), 20_000
-    env = run.env(FAIL_EVERY=2)  # half of them fail
+    # Half of them fail. Jobs of 1 ms, so that what still runs once the limit is hit (what
+    # the slaves hold: 0.2 s of work each) is some thousands, as it would be for real jobs:
+    # instant ones come in batches of thousands, and on a fast machine half the run was out.
+    env = run.env(FAIL_EVERY=2, SLEEP_S=0.001)
     tm_run = run.tm_run(2, f"count={n}", "--max-retries", "0", "--max-failures", "20%",
                         env=env)
     assert tm_run.wait(RUN_S) == 1, tm_run.output
