@@ -39,10 +39,12 @@ def lease_for(window: int, held: int, concurrency: int, job_bytes: float) -> Lea
     # With 1 KB jobs, 8 batches of 508 in a window of 4 076 left 12 jobs over, and each
     # acknowledgement of a full batch freed 520: a batch of 508 and one of 12, which, once
     # acknowledged, went out again: a quarter of all messages carried under 1 % of the jobs.
-    # The slave still holds three quarters of its window (a job per greenlet at least), and
-    # asks again with each acknowledgement.
+    # The slave still holds three quarters of its window, and asks again with each
+    # acknowledgement. Never below a job per greenlet, though: large jobs make a window of
+    # one each, where a remainder withheld would leave greenlets idle (500 of 16 KB: 52).
     least = min(max_batch, window // 4)
-    if credit > 0 and (rest := credit % max_batch) < least:
+    if credit > 0 and (rest := credit % max_batch) < least and \
+            held + credit - rest >= concurrency:
         credit -= rest
     return Lease(credit, max_batch)
 

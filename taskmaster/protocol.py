@@ -195,7 +195,7 @@ def unpack(frames: list[bytes], *, key: bytes | None = None,
     """(kind, epoch, counter, raw body) of a message, authenticated before it is decoded."""
     if len(frames) != 4:
         raise ProtocolError(f"expected 4 frames, got {len(frames)}")
-    # The body as it came (a slave's is a view of ZeroMQ's memory, not a copy of half a
+    # The body as it came (a slave's is a view of ZeroMQ's memory, not a copy of up to a
     # megabyte); the small frames as bytes.
     kind, header, payload, mac = bytes(frames[0]), bytes(frames[1]), frames[2], bytes(frames[3])
     if kind not in kinds:

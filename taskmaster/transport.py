@@ -66,7 +66,9 @@ class _Cooperative:
 
     def __init__(self, sock: zmq.Socket[bytes], *, keep_body: bool = False) -> None:
         """``keep_body``: the body frame of a message comes as a view of ZeroMQ's own memory,
-        not a copy (a slave unpickles half a megabyte of jobs from it)."""
+        not a copy (a slave unpickles up to a megabyte of jobs from it). Only for a socket
+        whose messages start with no identity frame (a DEALER's): the body is counted from
+        the first."""
         self.sock = sock
         self._keep_body = keep_body
         self._loop = gevent.get_hub().loop
@@ -96,6 +98,7 @@ class _Cooperative:
         """Until something may have arrived, ``timeout_s`` at most, or until `interrupt`.
         Called right after a receive found nothing, which has taken in all ZeroMQ had to say:
         the descriptor signals what comes next."""
+        assert self._waiter is None, "one greenlet at a time may wait"
         waiter = self._waiter = gevent.hub.Waiter()
         timer = self._loop.timer(timeout_s)
         self._readable.start(waiter.switch, None)

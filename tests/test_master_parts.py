@@ -465,6 +465,13 @@ def test_no_batch_is_too_small_to_be_worth_its_message(
     assert lease_for(window, held, 10, job_bytes).credit == credit
 
 
+@pytest.mark.parametrize(("held", "credit"), [(0, 500), (448, 52), (490, 10), (436, 64)])
+def test_credit_is_never_withheld_from_an_idle_greenlet(held: int, credit: int) -> None:
+    # Jobs of 16 KB, 500 greenlets: a window of one job each (4 MiB holds only 256), batches
+    # of 64. What is over whole batches goes all the same: held back, it would idle greenlets.
+    assert lease_for(1000, held, 500, 16 * 1024) == Lease(credit, BATCH_BYTES // (16 * 1024))
+
+
 def test_job_size_is_an_average_of_recent_batches() -> None:
     size = JobSize()
     assert size.bytes == 0
