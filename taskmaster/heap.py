@@ -14,10 +14,12 @@ from __future__ import annotations
 import functools
 import os
 
-MMAP_BYTES = 2 * 1024 * 1024
+from .config import BATCH_BYTES
+
+MMAP_BYTES = 2 * BATCH_BYTES
 """Blocks below this come from the heap, not a mapping of their own: a batch's pickle
-(`config.BATCH_BYTES` of jobs, by a job's estimated size) with room to spare; larger ones (a
-user's arrays, say) still get a mapping of their own, given back when freed."""
+(`BATCH_BYTES` of jobs, by a job's estimated size) with room to spare; larger ones (a user's
+arrays, say) still get a mapping of their own, given back when freed."""
 TRIM_BYTES = 16 * 1024 * 1024
 """Free memory at the heap's top beyond this goes back to the system: a few windows' worth."""
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
