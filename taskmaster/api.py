@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
-    DEFAULT_BUFFER_SIZE,
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE_TIMEOUT_S,
     DEFAULT_LINGER_S,
@@ -37,7 +36,7 @@ from .target import Target
 
 OPTIONS: dict[str, Any] = {
     # Run
-    "size": DEFAULT_BUFFER_SIZE, "max_buffer_mb": DEFAULT_MAX_BUFFER_MB, "state_file": None,
+    "size": None, "max_buffer_mb": DEFAULT_MAX_BUFFER_MB, "state_file": None,
     "failures_file": None, "reset": False, "lease_timeout": DEFAULT_LEASE_TIMEOUT_S,
     "max_retries": DEFAULT_MAX_RETRIES, "max_deaths": DEFAULT_MAX_DEATHS,
     "linger": DEFAULT_LINGER_S, "stop_wait": DEFAULT_STOP_WAIT_S, "retry_failures": None,

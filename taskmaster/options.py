@@ -20,6 +20,7 @@ from click.core import ParameterSource
 from . import __version__
 from .config import (
     DEFAULT_ADDRESS,
+    DEFAULT_BUFFER_BYTES,
     DEFAULT_BUFFER_SIZE,
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE_TIMEOUT_S,
@@ -152,7 +153,9 @@ def slave_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def master_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
-        option("--size", type=int, default=DEFAULT_BUFFER_SIZE, help="Jobs buffered in memory."),
+        option("--size", type=int, default=None, help="Jobs buffered in memory.",
+               show_default=f"{DEFAULT_BUFFER_SIZE}, or {DEFAULT_BUFFER_BYTES >> 20} MiB of "
+                            "them if fewer"),
         option("--max-buffer-mb", type=int, default=DEFAULT_MAX_BUFFER_MB,
                 help="What the master holds of jobs, buffered and leased, in MiB (pickled)."),
         option("--state-file", type=click.Path(path_type=Path), default=None,

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from .config import (
     DEFAULT_ADDRESS,
+    DEFAULT_BUFFER_BYTES,
     DEFAULT_BUFFER_SIZE,
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE_TIMEOUT_S,
@@ -142,6 +143,9 @@ class MasterConfig:
     """For get_jobs: strings from KEY=VALUE words, or plain values given to `taskmaster.run`."""
     address: str = DEFAULT_ADDRESS
     size: int = DEFAULT_BUFFER_SIZE
+    buffer_bytes: int | None = DEFAULT_BUFFER_BYTES
+    """The buffer's own bound in pickled bytes, that of the default --size; None when --size
+    was given, which then holds alone (within --max-buffer-mb)."""
     state_path: Path = field(default=None)  # type: ignore[assignment] # set in __post_init__
     failures_path: Path = field(default=None)  # type: ignore[assignment] # likewise
     reset: bool = False
@@ -279,7 +283,9 @@ def master_config(target: Target, kwargs: dict[str, Any], address: str, opts: di
     ``same_user``: see `OwnRun`."""
     return MasterConfig(
         target=target, kwargs=kwargs, address=address,
-        size=opts["size"], state_path=opts["state_file"], failures_path=opts["failures_file"],
+        size=DEFAULT_BUFFER_SIZE if opts["size"] is None else opts["size"],
+        buffer_bytes=DEFAULT_BUFFER_BYTES if opts["size"] is None else None,
+        state_path=opts["state_file"], failures_path=opts["failures_file"],
         reset=opts["reset"], lease_timeout_s=opts["lease_timeout"],
         max_retries=opts["max_retries"], max_deaths=opts["max_deaths"],
         stop_wait_s=opts["stop_wait"], retry_failures=opts["retry_failures"],

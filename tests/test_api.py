@@ -145,3 +145,24 @@ def test_the_options_are_tm_runs_by_the_same_names_and_defaults() -> None:
         assert api.OPTIONS[name] == defaults[click_name], name
     left = set(defaults) - set(command_line.values())
     assert left == {"script", "n", "pairs", "log_level", "quiet_failures", "version"}
+
+
+def test_only_the_default_size_bounds_the_buffer_in_bytes_too() -> None:
+    """Without --size the buffer holds 50 000 jobs, and no more than 8 MiB of them; a --size
+    given (on the command line, from the environment, or to `run`) holds alone, whatever it is:
+    a stream that comes in bursts may want a deeper buffer."""
+    from taskmaster import api
+    from taskmaster.config import DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_SIZE
+    from taskmaster.settings import master_config
+    from taskmaster.target import Target
+
+    def config(size: int | None) -> tuple[int, int | None]:
+        opts = {api._CLICK_NAMES.get(name, name): value for name, value in api.OPTIONS.items()}
+        cfg = master_config(Target.parse("jobs", "get_jobs"), {}, "tcp://127.0.0.1:3050",
+                            {**opts, "size": size}, progress=False)
+        return cfg.size, cfg.buffer_bytes
+
+    assert DEFAULT_BUFFER_BYTES == 8 * 1024 * 1024
+    assert config(None) == (DEFAULT_BUFFER_SIZE, DEFAULT_BUFFER_BYTES) == (50_000, 8 << 20)
+    assert config(DEFAULT_BUFFER_SIZE) == (50_000, None)
+    assert config(200_000) == (200_000, None)

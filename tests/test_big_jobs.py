@@ -28,6 +28,7 @@ import psutil
 from test_faults import Run, check_ledger, count_lines
 
 from procs import Proc, Procs
+from taskmaster.config import DEFAULT_BUFFER_BYTES
 
 MIB = 1024 * 1024
 STALL_S = 10.0
@@ -203,17 +204,46 @@ allocator's slack."""
 
 
 def test_master_memory_stays_within_the_buffer_bound(procs: Procs, tmp_path: Path) -> None:
-    """3 000 jobs of 1 MiB (about 3 GiB) with tm-master --max-buffer-mb 64 and two slow
-    tm-slaves (40 ms a job): the stream outruns the slaves from the start, and would fill a
-    buffer of --size (10 000 jobs, all 3 GiB); the master's resident memory, sampled all along,
+    """3 000 jobs of 1 MiB (about 3 GiB) with tm-master --max-buffer-mb 64 --size 10000 (given,
+    so that the default's own bound in bytes is off) and two slow tm-slaves (40 ms a job): the
+    stream outruns the slaves from the start, and would fill a buffer of --size (all 3 GiB);
+    the master's resident memory, sampled all along,
     must peak under 64 MiB (the bound, leases included, as the README says) + 20 MiB (what two
     slaves may lease, counted again for the copies queued for them) + 100 MiB (the process
     itself and what it has in flight): 184 MiB, where the default 256 MiB bound measures about
     330 MiB. The run completes, exit 0, every job run whole."""
     n = 3000
     run = Run(procs, tmp_path, TARGET)
-    master = run.master(f"count={n}", "mib=1", "--max-buffer-mb", str(BUFFER_MB),
-                        env=run.env(SLEEP_S=0.04))
+    peak, code = master_peak(run, master := run.master(
+        f"count={n}", "mib=1", "--max-buffer-mb", str(BUFFER_MB), "--size", "10000",
+        env=run.env(SLEEP_S=0.04)))
+    bound = (BUFFER_MB + LEASED_MB + RUNTIME_MB) * MIB
+    print(f"\n[master memory] peak RSS {peak / MIB:.0f} MiB; bound {bound / MIB:.0f} MiB "
+          f"(--max-buffer-mb {BUFFER_MB} + {LEASED_MB} leased + {RUNTIME_MB})")
+    assert_complete(master, code, run, f"{n} jobs of 1 MiB, buffer {BUFFER_MB} MiB", n)
+    assert peak < bound, f"master peaked at {peak / MIB:.0f} MiB, over {bound / MIB:.0f} MiB"
+
+
+def test_the_default_buffer_holds_a_few_megabytes_of_big_jobs(procs: Procs,
+                                                              tmp_path: Path) -> None:
+    """1 000 jobs of 1 MiB with tm-master's defaults and two slow tm-slaves (40 ms a job):
+    without --size, the buffer holds 50 000 jobs but never more than 8 MiB of them
+    (`DEFAULT_BUFFER_BYTES`), so the master peaks under 8 MiB + 20 MiB (what two slaves may
+    lease) + 100 MiB (the process itself): 128 MiB, where the buffer bound of --max-buffer-mb
+    alone (256 MiB by default) lets it reach 300 MiB. Exit 0, every job run whole."""
+    n = 1000
+    run = Run(procs, tmp_path, TARGET)
+    peak, code = master_peak(run, master := run.master(f"count={n}", "mib=1",
+                                                       env=run.env(SLEEP_S=0.04)))
+    bound = (DEFAULT_BUFFER_BYTES // MIB + LEASED_MB + RUNTIME_MB) * MIB
+    print(f"\n[master memory] peak RSS {peak / MIB:.0f} MiB; bound {bound / MIB:.0f} MiB")
+    assert_complete(master, code, run, f"{n} jobs of 1 MiB, the default buffer", n)
+    assert peak < bound, f"master peaked at {peak / MIB:.0f} MiB, over {bound / MIB:.0f} MiB"
+
+
+def master_peak(run: Run, master: Proc) -> tuple[int, int]:
+    """The peak resident memory of ``master``, sampled all along a run by two slow slaves
+    (40 ms a job), and its exit status; the slaves must exit 0 too."""
     watched = psutil.Process(master.pid)
     peak = 0
 
@@ -224,10 +254,6 @@ def test_master_memory_stays_within_the_buffer_bound(procs: Procs, tmp_path: Pat
 
     slaves = [run.slave(env=run.env(SLEEP_S=0.04)) for _ in range(2)]
     code = finishes(master, run, sample=sample)
-    bound = (BUFFER_MB + LEASED_MB + RUNTIME_MB) * MIB
-    print(f"\n[master memory] peak RSS {peak / MIB:.0f} MiB; bound {bound / MIB:.0f} MiB "
-          f"(--max-buffer-mb {BUFFER_MB} + {LEASED_MB} leased + {RUNTIME_MB})")
-    assert_complete(master, code, run, f"{n} jobs of 1 MiB, buffer {BUFFER_MB} MiB", n)
-    assert peak < bound, f"master peaked at {peak / MIB:.0f} MiB, over {bound / MIB:.0f} MiB"
     for slave in slaves:
         assert slave.wait(20) == 0, slave.output
+    return peak, code

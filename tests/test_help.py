@@ -38,7 +38,8 @@ def test_help_of_tm_run_names_each_options_variable_and_default(procs: Procs) ->
     assert helped.wait(RUN_S) == 0
     text = helped.output
     flat = " ".join(text.split())  # as one line, whatever the wrapping
-    for option, env, default in [("--size INTEGER", "TASKMASTER_SIZE", "10000"),
+    for option, env, default in [("--size INTEGER", "TASKMASTER_SIZE",
+                                  r"\(50000, or 8 MiB of them if fewer\)"),
                                  ("--concurrency INTEGER", "TASKMASTER_CONCURRENCY", "10"),
                                  ("--max-message-mb INTEGER", "TASKMASTER_MAX_MESSAGE_MB", "64")]:
         assert re.search(rf"{option} [^[]*\[env var: {env}; default: {default}\]", flat), flat
