@@ -36,6 +36,8 @@ from typing import Protocol
 
 import psutil
 
+from taskmaster.config import MAX_BATCH_JOBS
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import loadgen  # noqa: E402 - needs the path set just above
@@ -62,7 +64,7 @@ CPU_GOAL = 0.90
 """CPU-bound jobs through tm-run: at least this share of the ideal two-core rate."""
 RAW_GOAL = 0.80
 """1 KB jobs through tm-run: at least this share of raw ZeroMQ's rate."""
-RAW_NOOP_BATCH = 10_000
+RAW_NOOP_BATCH = MAX_BATCH_JOBS
 """Jobs per message of raw ZeroMQ with no-op jobs: what tm-run's master sends instant jobs in
 (loadgen.py's jobs/batch); batches of 500 small ints cost more per message than per job."""
 FIXED_GOAL_S = 0.20
