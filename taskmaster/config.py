@@ -127,6 +127,12 @@ MESSAGE_SLACK_BYTES = 4096
 """Headroom beyond the largest body for the kind, header and signature frames."""
 MAX_ERROR_CHARS = 100_000
 """Longest error text (a traceback, usually) kept from a slave's report."""
+ACK_ERROR_CHARS = 4 * 1024 * 1024
+"""Most characters of error text (messages and tracebacks) one acknowledgement carries: beyond
+it each failure's texts are cut to an equal share. An ACK over `MAX_MESSAGE_BYTES` is dropped
+by the master while the slave forgets the batch, and the run hung with it leased: 50 000
+failures of 1.3 KB each made one. JSON may spell a character in 6 bytes, and exception names
+are at most `MAX_NAME_CHARS`: 4 Mi characters keep a window's failures under 64 MiB."""
 MAX_NAME_CHARS = 256
 """Longest identity, nonce or exception name taken from a message."""
 MAX_HOST_CHARS = 200

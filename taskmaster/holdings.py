@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import ACK_ERROR_CHARS
 from .messages import BatchDone, JobError
 
 Failures = list[tuple[int, JobError]]
@@ -120,7 +121,12 @@ class Holdings:
             # from a heartbeat is one the master takes back.
             self.batches.pop(batch.bid, None)
             self._unacked_done -= batch.size
-        return [BatchDone(b.bid, tuple(b.failures)) for b in done]
+        chars = sum(len(e.message) + len(e.traceback) for b in done for _, e in b.failures)
+        if chars <= ACK_ERROR_CHARS:
+            return [BatchDone(b.bid, tuple(b.failures)) for b in done]
+        # Too much to say in one message: each failure says an equal share of it.
+        share = ACK_ERROR_CHARS // sum(len(b.failures) for b in done)
+        return [BatchDone(b.bid, tuple((i, e.cut(share)) for i, e in b.failures)) for b in done]
 
     def window(self, asked: int) -> int:
         """The window to report when we would hold ``asked`` jobs: the master subtracts all

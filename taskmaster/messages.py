@@ -58,6 +58,16 @@ class JobError:
         return cls(type(e).__name__, safe_str(e)[:MAX_ERROR_CHARS],
                    user_traceback(e)[-MAX_ERROR_CHARS:])
 
+    def cut(self, chars: int) -> JobError:
+        """The same error in about ``chars`` characters: the head of its message, and the
+        tail of its traceback (where the user's own frame is) in what is left."""
+        if len(self.message) + len(self.traceback) <= chars:
+            return self
+        message = self.message[:chars // 2]
+        rest = chars - len(message)
+        return JobError(self.type, message + ("…" if message != self.message else ""),
+                        ("…" + self.traceback[-rest:]) if rest > 0 else "")
+
     def to_wire(self) -> list[str]:
         return [self.type, self.message, self.traceback]
 

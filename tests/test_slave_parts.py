@@ -1044,3 +1044,38 @@ def test_pieces_that_hold_the_cpu_still_let_timers_fire_between_them(
     r.settle()
     timer.join(1)
     assert woke and woke[0] < 20, f"the timer waited for {woke} pieces of 2 ms"
+
+
+def test_an_acknowledgement_of_many_long_failures_stays_a_message_the_master_takes() -> None:
+    """A window of instant jobs that all raise with a long message: 100 000 failures of 2 KB
+    would make an ACK of some 300 MiB, which the master drops (over MAX_MESSAGE_BYTES) while
+    the slave forgets the batches: the run hung with them leased. Each failure's texts are cut
+    to an equal share of ACK_ERROR_CHARS instead, keeping the head of the message and the tail
+    of the traceback; a report with little to say is left whole."""
+    from taskmaster import protocol
+    from taskmaster.config import ACK_ERROR_CHARS, MAX_MESSAGE_BYTES
+    from taskmaster.messages import Ack
+
+    h = Holdings()
+    error = JobError("ValueError", "bad row: " + "é" * 2000, "Traceback ...\n" + "x" * 1000 +
+                     "\n  File 'jobs.py', line 7, in handle_job\nValueError: bad row")
+    for bid in (1, 2):
+        h.add(bid, EPOCH, list(range(50_000)), False, 50_000)
+        piece = h.next_piece()
+        assert piece is not None
+        h.finish(piece, [(i, error) for i in range(50_000)], EPOCH, time.monotonic())
+    done = h.report()
+    assert [len(b.failures) for b in done] == [50_000, 50_000]
+    assert [i for i, _ in done[1].failures] == list(range(50_000))
+    cut = done[0].failures[0][1]
+    assert cut.type == "ValueError" and cut.message.startswith("bad row: éé")
+    assert cut.traceback.endswith("ValueError: bad row")
+    assert len(cut.message) + len(cut.traceback) <= ACK_ERROR_CHARS // 100_000 + 2
+    frames = protocol.encode(Ack(tuple(done), 10), epoch=EPOCH, counter=1, key=b"k" * 32)
+    assert sum(map(len, frames)) < MAX_MESSAGE_BYTES
+
+    h.add(3, EPOCH, list(range(10)), False, 10)
+    piece = h.next_piece()
+    assert piece is not None
+    h.finish(piece, [(4, error)], EPOCH, time.monotonic())
+    assert h.report() == [BatchDone(3, ((4, error),))]
