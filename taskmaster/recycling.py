@@ -16,6 +16,10 @@ class Recycling:
         self.max_memory_mb = max_memory_mb
         self._memory_checked = float("-inf")
 
+    def left(self, done: int) -> int | None:
+        """Jobs a slave that has run ``done`` may still take on (None: no bound)."""
+        return None if self.max_jobs is None else max(0, self.max_jobs - done)
+
     def why(self, done: int, out_of_memory: bool, now: float) -> str:
         """Why the process should be replaced now, having run ``done`` jobs; "" if not."""
         if out_of_memory:

@@ -259,7 +259,15 @@ class Slave:
         self._send(p.Bye(tuple(self.holdings.hand_back())))
 
     def _window(self) -> int:
-        return 0 if self._paused else self.holdings.window(self.pacing.window)
+        if self._paused:
+            return 0
+        asked = self.pacing.window
+        left = self.recycling.left(self.holdings.done + self.holdings.failed_attempts)
+        if left is not None:
+            # Never more than --max-jobs-per-slave leaves: a slave that leaves still runs what
+            # it has begun, and a batch of instant jobs is begun whole (50 000 of them).
+            asked = min(asked, left)
+        return self.holdings.window(asked)
 
     # -- messages to the master ------------------------------------------------------------
 

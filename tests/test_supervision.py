@@ -480,6 +480,22 @@ def test_recycling_by_job_count(procs: Procs, tmp_path: Path) -> None:
     check_ledger("--max-jobs-per-slave 50", run.jobs(), set(range(n)))
 
 
+def test_a_recycled_slave_runs_no_more_than_its_max_jobs(procs: Procs, tmp_path: Path) -> None:
+    """--max-jobs-per-slave 2000 over 20 000 instant jobs: a slave never asks for more than it
+    has left, so each one leaves at 2 000 jobs run, not at the end of a batch it had begun
+    (which held up to 50 000 of them); every job runs, exit 0."""
+    n, most = 20_000, 2000
+    run = Run(procs, tmp_path)
+    tm = run.tm_run(2, f"count={n}", "--max-jobs-per-slave", str(most))
+    assert tm.wait(RUN_S) == 0, tm.output
+    ran = [int(m.group(1)) for m in re.finditer(
+        rf"(\d+) jobs done \(--max-jobs-per-slave {most}\): leaving", tm.output)]
+    print(f"\nrecycled slaves had run {ran}")
+    assert len(ran) >= 5, tm.output
+    assert max(ran) <= most, ran
+    check_ledger(f"--max-jobs-per-slave {most}", run.jobs(), set(range(n)))
+
+
 def test_recycled_slaves_are_never_charged_a_death(procs: Procs, tmp_path: Path) -> None:
     """With --max-deaths 1, one death records a job as failed: a run whose slaves are only
     ever recycled (none dies) must still record none, and no slave is 'lost'."""
