@@ -144,8 +144,8 @@ class MasterConfig:
     address: str = DEFAULT_ADDRESS
     size: int = DEFAULT_BUFFER_SIZE
     buffer_bytes: int | None = DEFAULT_BUFFER_BYTES
-    """The buffer's own bound in pickled bytes, that of the default --size; None when --size
-    was given, which then holds alone (within --max-buffer-mb)."""
+    """The buffer's own bound in pickled bytes, that of the default --size; None: --size holds
+    alone (within --max-buffer-mb), as `master_config` makes it when --size was given."""
     state_path: Path = field(default=None)  # type: ignore[assignment] # set in __post_init__
     failures_path: Path = field(default=None)  # type: ignore[assignment] # likewise
     reset: bool = False
