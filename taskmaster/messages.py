@@ -63,10 +63,12 @@ class JobError:
         tail of its traceback (where the user's own frame is) in what is left."""
         if len(self.message) + len(self.traceback) <= chars:
             return self
-        message = self.message[:chars // 2]
-        rest = chars - len(message)
-        return JobError(self.type, message + ("…" if message != self.message else ""),
-                        ("…" + self.traceback[-rest:]) if rest > 0 else "")
+        message = self.message if len(self.message) <= chars // 2 else \
+            self.message[:chars // 2] + "…"
+        rest = chars - min(len(self.message), chars // 2)
+        traceback = self.traceback if len(self.traceback) <= rest else \
+            "…" + self.traceback[len(self.traceback) - rest:]
+        return JobError(self.type, message, traceback)
 
     def to_wire(self) -> list[str]:
         return [self.type, self.message, self.traceback]
