@@ -214,13 +214,12 @@ def test_master_memory_stays_within_the_buffer_bound(procs: Procs, tmp_path: Pat
     330 MiB. The run completes, exit 0, every job run whole."""
     n = 3000
     run = Run(procs, tmp_path, TARGET)
-    peak, code = master_peak(run, master := run.master(
+    peak = master_peak(run, run.master(
         f"count={n}", "mib=1", "--max-buffer-mb", str(BUFFER_MB), "--size", "10000",
-        env=run.env(SLEEP_S=0.04)))
+        env=run.env(SLEEP_S=0.04)), f"{n} jobs of 1 MiB, buffer {BUFFER_MB} MiB", n)
     bound = (BUFFER_MB + LEASED_MB + RUNTIME_MB) * MIB
     print(f"\n[master memory] peak RSS {peak / MIB:.0f} MiB; bound {bound / MIB:.0f} MiB "
           f"(--max-buffer-mb {BUFFER_MB} + {LEASED_MB} leased + {RUNTIME_MB})")
-    assert_complete(master, code, run, f"{n} jobs of 1 MiB, buffer {BUFFER_MB} MiB", n)
     assert peak < bound, f"master peaked at {peak / MIB:.0f} MiB, over {bound / MIB:.0f} MiB"
 
 
@@ -233,17 +232,17 @@ def test_the_default_buffer_holds_a_few_megabytes_of_big_jobs(procs: Procs,
     alone (256 MiB by default) lets it reach 300 MiB. Exit 0, every job run whole."""
     n = 1000
     run = Run(procs, tmp_path, TARGET)
-    peak, code = master_peak(run, master := run.master(f"count={n}", "mib=1",
-                                                       env=run.env(SLEEP_S=0.04)))
+    peak = master_peak(run, run.master(f"count={n}", "mib=1", env=run.env(SLEEP_S=0.04)),
+                       f"{n} jobs of 1 MiB, the default buffer", n)
     bound = (DEFAULT_BUFFER_BYTES // MIB + LEASED_MB + RUNTIME_MB) * MIB
     print(f"\n[master memory] peak RSS {peak / MIB:.0f} MiB; bound {bound / MIB:.0f} MiB")
-    assert_complete(master, code, run, f"{n} jobs of 1 MiB, the default buffer", n)
     assert peak < bound, f"master peaked at {peak / MIB:.0f} MiB, over {bound / MIB:.0f} MiB"
 
 
-def master_peak(run: Run, master: Proc) -> tuple[int, int]:
-    """The peak resident memory of ``master``, sampled all along a run by two slow slaves
-    (40 ms a job), and its exit status; the slaves must exit 0 too."""
+def master_peak(run: Run, master: Proc, fault: str, n: int) -> int:
+    """The peak resident memory of ``master``, sampled all along a run of ``n`` jobs by two
+    slow slaves (40 ms a job), which must complete (see `assert_complete`), the slaves
+    exiting 0 too."""
     watched = psutil.Process(master.pid)
     peak = 0
 
@@ -253,7 +252,7 @@ def master_peak(run: Run, master: Proc) -> tuple[int, int]:
             peak = max(peak, watched.memory_info().rss)
 
     slaves = [run.slave(env=run.env(SLEEP_S=0.04)) for _ in range(2)]
-    code = finishes(master, run, sample=sample)
+    assert_complete(master, finishes(master, run, sample=sample), run, fault, n)
     for slave in slaves:
         assert slave.wait(20) == 0, slave.output
-    return peak, code
+    return peak
