@@ -60,10 +60,19 @@ class JobSize:
         self.bytes = size if not self.bytes else 0.8 * self.bytes + 0.2 * size
 
 
-def buffer_room(room: int, *, held: int, job_bytes: float, max_bytes: int) -> int:
+def buffer_room(room: int, *, held: int, leased: int, job_bytes: float, max_bytes: int,
+                buffer_bytes: int | None = None) -> int:
     """How many more jobs the stream may add: the ledger's ``room`` in jobs and, by the size of
-    a job as far as it is known, the room in bytes (``held``: jobs buffered and leased)."""
-    # Before any job's size is known, one job, to learn it; and never less than one job at a
-    # time, however big.
-    fits = max(1, int(max_bytes // job_bytes)) if job_bytes else 1
-    return min(room, fits - held)
+    a job as far as it is known, the room in bytes (``held``: jobs buffered and leased, of
+    which ``leased`` are leased); with ``buffer_bytes`` (the default --size's), the room in
+    bytes of the buffer alone too."""
+
+    def fits(max_bytes: int) -> int:
+        # Before any job's size is known, one job, to learn it; and never less than one job
+        # at a time, however big.
+        return max(1, int(max_bytes // job_bytes)) if job_bytes else 1
+
+    room = min(room, fits(max_bytes) - held)
+    if buffer_bytes is not None:
+        room = min(room, fits(buffer_bytes) - (held - leased))
+    return room

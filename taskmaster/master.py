@@ -220,12 +220,9 @@ class Master:
         ledger = self.ledger
         held = ledger.buffered + ledger.requeued + ledger.leased + ledger.recording
         job_bytes = max(self.feeder.job_bytes, self.handout.job_size.bytes)
-        room = buffer_room(ledger.room(), held=held, job_bytes=job_bytes,
-                           max_bytes=self.cfg.max_buffer_bytes)
-        if self.cfg.buffer_bytes is not None:  # the default --size's bound on the buffer alone
-            room = buffer_room(room, held=held - ledger.leased, job_bytes=job_bytes,
-                               max_bytes=self.cfg.buffer_bytes)
-        self.feeder.allow(room)
+        self.feeder.allow(buffer_room(ledger.room(), held=held, leased=ledger.leased,
+                                      job_bytes=job_bytes, max_bytes=self.cfg.max_buffer_bytes,
+                                      buffer_bytes=self.cfg.buffer_bytes))
 
     def _receive(self) -> None:
         calm_s = 0.0

@@ -16,9 +16,11 @@ class Recycling:
         self.max_memory_mb = max_memory_mb
         self._memory_checked = float("-inf")
 
-    def left(self, done: int) -> int | None:
-        """Jobs a slave that has run ``done`` may still take on (None: no bound)."""
-        return None if self.max_jobs is None else max(0, self.max_jobs - done)
+    def window(self, asked: int, done: int) -> int:
+        """How many jobs to hold, of the ``asked`` a slave that has run ``done`` would hold:
+        never more than --max-jobs-per-slave leaves it. A slave that leaves still runs what it
+        has begun, and a batch of instant jobs is begun whole (up to 50 000 of them)."""
+        return asked if self.max_jobs is None else min(asked, max(0, self.max_jobs - done))
 
     def why(self, done: int, out_of_memory: bool, now: float) -> str:
         """Why the process should be replaced now, having run ``done`` jobs; "" if not."""

@@ -261,13 +261,8 @@ class Slave:
     def _window(self) -> int:
         if self._paused:
             return 0
-        asked = self.pacing.window
-        left = self.recycling.left(self.holdings.done + self.holdings.failed_attempts)
-        if left is not None:
-            # Never more than --max-jobs-per-slave leaves: a slave that leaves still runs what
-            # it has begun, and a batch of instant jobs is begun whole (50 000 of them).
-            asked = min(asked, left)
-        return self.holdings.window(asked)
+        ran = self.holdings.done + self.holdings.failed_attempts
+        return self.holdings.window(self.recycling.window(self.pacing.window, ran))
 
     # -- messages to the master ------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from taskmaster.config import (
     WELCOME_REPEAT_S,
     WINDOW_BYTES,
 )
-from taskmaster.dispatch import JobSize, Lease, lease_for
+from taskmaster.dispatch import JobSize, Lease, buffer_room, lease_for
 from taskmaster.errors import EXIT_REPLACE, StateError, UserCodeError
 from taskmaster.exchange import Exchange
 from taskmaster.handout import Handout, Send
@@ -470,6 +470,18 @@ def test_credit_is_never_withheld_from_an_idle_greenlet(held: int, credit: int) 
     # Jobs of 16 KB, 500 greenlets: a window of one job each (4 MiB holds only 256), batches
     # of 64. What is over whole batches goes all the same: held back, it would idle greenlets.
     assert lease_for(1000, held, 500, 16 * 1024) == Lease(credit, BATCH_BYTES // (16 * 1024))
+
+
+def test_the_default_sizes_byte_bound_counts_the_buffer_alone() -> None:
+    # 1 KiB jobs, 100 held of which 60 leased: --max-buffer-mb (256 MiB) counts all 100; the
+    # default --size's 8 MiB counts the 40 buffered; without it, the room in jobs decides.
+    bounds = {"held": 100, "leased": 60, "job_bytes": 1024, "max_bytes": 256 * 2**20}
+    assert buffer_room(50_000, **bounds, buffer_bytes=8 * 2**20) == 8192 - 40
+    assert buffer_room(50_000, **bounds) == 50_000
+    assert buffer_room(50_000, **{**bounds, "max_bytes": 2**20}, buffer_bytes=8 * 2**20) == 924
+    # Before a job's size is known: one job at a time, under either bound.
+    assert buffer_room(50_000, held=0, leased=0, job_bytes=0, max_bytes=2**20,
+                       buffer_bytes=8 * 2**20) == 1
 
 
 def test_job_size_is_an_average_of_recent_batches() -> None:
